@@ -13,9 +13,22 @@ def execute(path=nb_path):
     return nb
 
 def to_markdown(path=nb_path)->str:
+    "nbconvert's markdown of the notebook: `#| hide` cells dropped, `#| echo: false` cells show only their output."
     from nbconvert import MarkdownExporter
-    body, _ = MarkdownExporter().from_filename(str(path))
-    return body
+    from traitlets.config import Config
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        first = c.source.splitlines()[0].strip() if c.source else ''
+        tags = set(c.metadata.get('tags', []))
+        if c.cell_type == 'code' and first.startswith('#|') and 'hide' in first: tags.add('remove_cell')
+        if c.cell_type == 'code' and first.replace(' ', '') == '#|echo:false': tags.add('remove_input')
+        c.metadata['tags'] = sorted(tags)
+    cfg = Config()
+    cfg.TagRemovePreprocessor.enabled = True
+    cfg.TagRemovePreprocessor.remove_cell_tags = {'remove_cell'}
+    cfg.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
+    body, _ = MarkdownExporter(config=cfg).from_notebook_node(nb)
+    return body.replace('<IPython.core.display.Markdown object>', '').strip() + '\n'
 
 if __name__ == '__main__':
     nb = execute()
