@@ -218,11 +218,15 @@ def main(argv=None):
     mem_col = 'MB peak' if dev.type == 'cuda' else 'MB peak RSS / saved'
     hdr = ['feat', 'input', 'batch', 'KD step ms', '+GSKD step ms (Δ)', 'GSKD term f+b ms (% of KD step)', f'GSKD {mem_col}',
            'PP term f+b ms (% of KD step)', '+PP step ms (Δ)', f'PP {mem_col}']
-    print('| ' + ' | '.join(hdr) + ' |'); print('|' + '---|' * len(hdr))
-    for r in rows: print('| ' + ' | '.join(fmt(r)) + ' |')
-    print(f"\nΔ: added time over the KD step (same batch; '@b1': the pixel-pairwise rows ran at batch 1 against a batch-1 KD step). "
-          f"Median of {args.repeats} interleaved calls after 1 warm-up, {'process CPU' if dev.type == 'cpu' else 'wall'} time. Total {time.time() - t0:.0f}s wall.")
-    if args.json: Path(args.json).write_text(json.dumps({'args': vars(args), 'device': str(dev), 'rows': rows}, indent=1))
+    table = ['| ' + ' | '.join(hdr) + ' |', '|' + '---|' * len(hdr)] + ['| ' + ' | '.join(fmt(r)) + ' |' for r in rows]
+    note = (f"Δ: added time over the KD step (same batch; '@b1': the pixel-pairwise rows ran at batch 1 against a batch-1 KD step). "
+            f"Median of {args.repeats} interleaved calls after 1 warm-up, {'process CPU' if dev.type == 'cpu' else 'wall'} time. Total {time.time() - t0:.0f}s wall.")
+    print('\n'.join(table)); print('\n' + note)
+    if args.json:
+        from segkd_nb.config import git_commit
+        command = 'python bench/gskd_cost.py ' + ' '.join(sys.argv[1:])
+        md = f"**GSKD cost** (`{command}`, commit `{git_commit()}`, {dev}, {torch.get_num_threads()} threads):\n\n" + '\n'.join(table) + '\n\n' + note
+        Path(args.json).write_text(json.dumps({'args': vars(args), 'device': str(dev), 'rows': rows, 'command': command, 'git': git_commit(), 'markdown': md}, indent=1))
     return rows
 
 if __name__ == '__main__': main()
