@@ -38,7 +38,7 @@ nbtest: install
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --flags data --timing
 
 pytest: install
-	OMP_NUM_THREADS=2 $(BIN)/pytest -m "not slow" --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/pytest -m "not slow" --durations=20
 
 ## Everything, slow cells and tests included.
 test-slow: install check
