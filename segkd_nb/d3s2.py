@@ -531,7 +531,9 @@ def distill_dataset(train_ds, # the labelled training set (a `SegDataset`, or a 
     tiou = teacher_agreement(segmenter, out, tax) if segmenter is not None else {}
     cov = coverage_report(present, {'selection': torch.tensor(idx)}, tax.classes, hist=hist)
     items = [{**it, 'teacher_iou': tiou.get(it['name']), 'classes': [tax.classes[k] for k in present[it['source_index']].nonzero().flatten().tolist()]} for it in plan]
-    prov = {'hash': h, 'settings': settings, 'git': git_commit(), 'time_s': round(time.time() - t0, 1),
+    prev = load_json(out/'provenance.json') if (out/'provenance.json').exists() else {}
+    spent = (prev.get('time_s') or 0.0) if prev.get('hash') == h else 0.0  # a finished set rerun keeps its synthesis time
+    prov = {'hash': h, 'settings': settings, 'git': git_commit(), 'time_s': round(spent + (time.time() - t0 if todo or not spent else 0.0), 1),
             'coverage': {'pool_classes': sum(1 for p in cov.pool if p), 'covered': cov.covered('selection'),
                          'per_class': dict(zip(tax.classes, cov.picked['selection'])),
                          'pixel_share': dict(zip(tax.classes, cov.pixels['selection'])), 'pool_pixel_share': dict(zip(tax.classes, cov.pixels['pool']))},
@@ -674,6 +676,13 @@ D3S2_ROWS = {'random real': dict(selection='random', synth='real', guidance=None
 
 def _slug(s:str)->str: return s.replace(' + ', '-').replace(' ', '-')
 
+def _l2i_minutes(l2i)->float|None:
+    "Training minutes recorded in an l2i checkpoint (None where it predates the recording or is missing)."
+    from segkd_nb.l2i import load_l2i
+    p = Path(l2i); p = p/'l2i.pt' if p.is_dir() else p
+    s = getattr(load_l2i(p, device='cpu'), 'train_s', None) if p.exists() else None
+    return round(s / 60, 1) if s else None
+
 def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and student (see `segkd_nb.runs.PRESETS`)
                         budgets:tuple=(0.05, 0.1), # fractions (or counts) of the training split
                         seeds:tuple=(0, 1, 2), # paired seeds
@@ -711,7 +720,7 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
     for seed in seeds:
         if 'full' in rows:
             r = student(f'full-s{seed}', load_split(p.data, 'train', p.size), seed)
-            runs.append({'row': 'full', 'budget': None, 'seed': seed, 'miou': r['miou'], 'per_class_iou': r['per_class_iou']})
+            runs.append({'row': 'full', 'budget': None, 'seed': seed, 'miou': r['miou'], 'per_class_iou': r['per_class_iou'], 'train_s': r.get('wall_s')})
         for b in budgets:
             for row in [r for r in rows if r != 'full']:
                 spec = D3S2_ROWS[row]
@@ -721,10 +730,13 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
                                        segmenter=teacher, tax=tax, progress=False)
                 r = student(f'{_slug(row)}-b{b}-s{seed}', load_distilled(folder, transform=SegTransform(p.size, train=True)), seed)
                 runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'],
-                             'per_class_iou': r['per_class_iou'], 'teacher_agreement': prov['teacher_miou']})
+                             'per_class_iou': r['per_class_iou'], 'teacher_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
     res = {'preset': preset, 'data': p.data, 'student': f'{p.student_arch} (width {p.student_width})', 'student_steps': steps,
            'budgets': list(budgets), 'seeds': list(seeds), 'guidance': asdict(gcfg), 'l2i': str(l2i), 'runs': runs,
-           'summary': summarise_d3s2(runs), 'git': git_commit()}
+           'summary': summarise_d3s2(runs), 'git': git_commit(),
+           'stage_minutes': {'diffusion training': _l2i_minutes(l2i),
+                             'synthesis (all sets)': round(sum(r.get('synth_s') or 0 for r in runs) / 60, 1),
+                             'students (all runs)': round(sum(r.get('train_s') or 0 for r in runs) / 60, 1)}}
     save_json(res, out/f"results-b{'_'.join(map(str, budgets))}-s{'_'.join(map(str, seeds))}.json")
     if results: save_json(res, results)
     return res
@@ -742,12 +754,16 @@ def summarise_d3s2(runs:list)->dict:
 
 def d3s2_table(res:dict # from `run_d3s2_experiment` (or its results JSON)
               )->str:
-    "A markdown table: mean ± std mIoU per row and budget, and the teacher's agreement with the training images."
-    rows = ['| row | budget | images | mIoU (mean ± std) | teacher agreement |', '|---|---:|---:|---:|---:|']
+    "A markdown table: mean ± std mIoU per row and budget, the paired difference from the random real subset of the same budget, and the teacher's agreement with the training images."
+    rows = ['| row | budget | images | mIoU (mean ± std) | Δ vs random real (paired) | teacher agreement |', '|---|---:|---:|---:|---:|---:|']
     n_img = {(r['row'], r['budget']): r.get('n_images', '') for r in res['runs']}
+    miou = {(r['row'], r['budget'], r['seed']): r['miou'] for r in res['runs']}
     for k, v in res['summary'].items():
         ta = f"{100*v['teacher_agreement_mean']:.1f}" if v['teacher_agreement_mean'] is not None else '-'
         ni = 'all' if v['budget'] is None else (n_img.get((v['row'], v['budget'])) or '-')
+        d = np.array([m - miou[('random real', b, s)] for (r, b, s), m in miou.items()
+                      if r == v['row'] and b == v['budget'] and ('random real', b, s) in miou and r != 'random real'])
+        dd = f"{100*d.mean():+.1f} ± {100*(d.std(ddof=1) if len(d) > 1 else 0.0):.1f}" if len(d) else '-'
         rows.append(f"| {v['row']} | {v['budget'] if v['budget'] is not None else 'all'} | {ni} | "
-                    f"{100*v['miou_mean']:.1f} ± {100*v['miou_std']:.1f} (n={v['n_seeds']}) | {ta} |")
+                    f"{100*v['miou_mean']:.1f} ± {100*v['miou_std']:.1f} (n={v['n_seeds']}) | {dd} | {ta} |")
     return '\n'.join(rows)

@@ -22,7 +22,7 @@ __all__ = ['BN_TYPES', 'SCHEDULES', 'LABEL_DIRS', 'DFSS_ROWS', 'bn_layers', 'set
            'ads_greedy', 'show_pool_grid', 'wdpd_w0', 'wdpd_ramp', 'wdpd_schedule', 'wdpd_weights', 'show_wdpd_curves',
            'wdpd_widget', 'WDPDKDTerm', 'pool_paths', 'score_pool', 'AuxPool', 'data_free_data', 'check_label_free',
            'distill_data_free', 'cli_ads_score', 'cli_ads_select', 'register_cli', 'export_pool', 'dfss_experiment',
-           'dfss_table']
+           'dfss_table', 'auroc_table']
 
 # %% ../nbs/11_dfss.ipynb #c56b7b05
 BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -731,9 +731,11 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
                     mode:str='image', norm:str='none', # ADS options
                     run_dir:str|Path=None, # parent of the run folders (default: runs_dir/dfss)
                     tax=None, # the taxonomy (class names in the metrics)
-                    meta:dict=None # more config to record
+                    meta:dict=None, # more config to record
+                    in_dist=None # id -> True for in-distribution pool images (default: names not starting with 'ood')
                    )->dict:
     "Train a student per row and seed with equal steps; returns per-row mIoU per seed, mean and std."
+    in_dist = in_dist or (lambda i: not str(i).split('/')[-1].startswith('ood'))
     from dataclasses import replace, asdict
     from segkd_nb.models import build_model
     from segkd_nb.runs import run_training
@@ -764,7 +766,7 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
             m = run_training(run_dir/f'{row}-s{seed}', student, term, ds, val_ds, seed_c, teacher=teacher, tax=tax,
                              meta={'row': row, 'k': info['k'], 'schedule': sch, 'pool': str(pool), 'selected': info['selected'], **(meta or {})})
             runs.append({'seed': seed, 'miou': m['miou'], 'per_class_iou': m['per_class_iou'], 'k': info['k'],
-                         'in_share': float(np.mean([not str(i).split('/')[-1].startswith('ood') for i in info['selected']]))})
+                         'in_share': float(np.mean([in_dist(i) for i in info['selected']]))})
         mi = np.array([r['miou'] for r in runs])
         res['rows'][row] = {'runs': runs, 'miou_mean': float(mi.mean()), 'miou_std': float(mi.std(ddof=1)) if len(mi) > 1 else 0.0,
                             'k': runs[0]['k'], 'in_share': float(np.mean([r['in_share'] for r in runs]))}
@@ -778,3 +780,12 @@ def dfss_table(res:dict # from `dfss_experiment`
     for row, r in res['rows'].items():
         lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} |")
     return '\n'.join(lines)
+
+# %% ../nbs/11_dfss.ipynb #041bd9f5
+def auroc_table(sep:dict # mode -> {source: AUROC}, or mode -> AUROC
+               )->str:
+    "Markdown: one row per scoring mode, one column per out-of-distribution source."
+    sep = {m: v if isinstance(v, dict) else {'out of distribution': v} for m, v in sep.items()}
+    cols = list(next(iter(sep.values())))
+    rows = ['| scoring | ' + ' | '.join(f'vs {c}' for c in cols) + ' |', '|---|' + '---:|' * len(cols)]
+    return '\n'.join(rows + [f'| {m} | ' + ' | '.join(f'{v[c]:.3f}' for c in cols) + ' |' for m, v in sep.items()])

@@ -174,15 +174,16 @@ def train_l2i(dataset, # training pairs (dicts with `image` 0..1 and `mask`)
     model = model.to(dev); ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = make_scheduler(cfg, 'ddpm'); acp = sched.alphas_cumprod.to(dev)
-    step, losses = 0, []
+    step, losses, spent = 0, [], 0.0  # spent: training seconds of earlier sessions
     if resume and ckpt.exists():
         st = torch.load(ckpt, map_location=dev, weights_only=True)
         if st['config'] != asdict(cfg): raise ValueError(f"{ckpt} was trained with another config; use a new out_dir or resume=False.\n saved: {st['config']}\n given: {asdict(cfg)}")
         model.load_state_dict(st['model']); ema.load_state_dict(st['ema']); opt.load_state_dict(st['opt'])
-        step, losses = st['step'], list(st['losses'])
+        step, losses, spent = st['step'], list(st['losses']), float(st.get('train_s') or 0.0)
     save_json(asdict(cfg), out_dir/'config.json')
+    t0 = time.time()
     save = lambda s: atomic_torch_save({'model': model.state_dict(), 'ema': ema.state_dict(), 'opt': opt.state_dict(), 'step': s,
-                                        'config': asdict(cfg), 'losses': losses}, ckpt)
+                                        'config': asdict(cfg), 'losses': losses, 'train_s': spent + time.time() - t0}, ckpt)
     model.train()
     bar = tqdm(range(step, steps), initial=step, total=steps, disable=not progress, desc='l2i', mininterval=2)
     for s in bar:
@@ -196,7 +197,7 @@ def train_l2i(dataset, # training pairs (dicts with `image` 0..1 and `mask`)
         _ema_update(ema, model, min(cfg.ema, (1 + s) / (10 + s)) if cfg.ema else 0.0)  # warm-up: short runs average recent weights
         losses.append(loss.item()); bar.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', refresh=False)
         if (s + 1) % cfg.ckpt_every == 0 or s + 1 == steps: save(s + 1)
-    ema.step, ema.losses = max(step, steps), losses
+    ema.step, ema.losses, ema.train_s = max(step, steps), losses, spent + time.time() - t0
     return ema.eval()
 
 def load_l2i(path:str|Path, # an `l2i.pt` checkpoint (or its folder)
@@ -207,7 +208,7 @@ def load_l2i(path:str|Path, # an `l2i.pt` checkpoint (or its folder)
     if not path.exists(): raise FileNotFoundError(f"no l2i checkpoint at {path}: train one with `segkd l2i train`")
     st = torch.load(path, map_location='cpu', weights_only=True)
     m = L2I(L2IConfig.from_dict(st['config'])); m.load_state_dict(st['ema' if ema else 'model'])
-    m.step, m.losses = st['step'], st['losses']
+    m.step, m.losses, m.train_s = st['step'], st['losses'], st.get('train_s')  # train_s: None for checkpoints older than its recording
     return m.to(torch.device(device) if device else get_device()).eval()
 
 # %% ../nbs/12a_l2i.ipynb #cf0b0618

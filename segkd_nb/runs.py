@@ -21,7 +21,7 @@ from .kd import build_terms
 # %% auto #0
 __all__ = ['CAMVID_HOLDOUT', 'PRESETS', 'data_root', 'data_taxonomy', 'load_split', 'location_prior_miou', 'Preset', 'get_preset',
            'command_line', 'run_done', 'run_training', 'teacher_config', 'cached_teacher', 'camvid_check',
-           'show_predictions', 'run_demo', 'parse_row', 'summarise', 'ablation_table', 'ablate']
+           'show_predictions', 'run_demo', 'parse_row', 'summarise', 'ablation_table', 'ablate', 'ablation_report']
 
 # %% ../nbs/07_runs.ipynb #f32db703
 def data_root(name:str # 'samples', 'camvid', 'idd' or a folder
@@ -338,3 +338,15 @@ def ablate(rows:list, # 'NAME=SPEC[:TERM=W,...]' strings
                'summary': summarise(runs, ref)}
     if out: save_json(summary, out)
     return summary
+
+# %% ../nbs/07_runs.ipynb #6fd8ba74
+def ablation_report(res:dict, # the content of an `ablate(..., out=...)` JSON file
+                    per_class:bool=True # add the mean per-class IoU table
+                   )->str:
+    "Markdown: command, teacher, the mean ± std table with paired differences, and the mean per-class IoU."
+    md = (f"`{res['command']}` (commit `{res['git']}`; teacher {100*res['teacher']['miou']:.1f} mIoU; scored on {res['eval_split']}, "
+          f"{len(res['seeds'])} paired seeds)\n\n" + ablation_table(res['summary'], res['ref']))
+    if per_class:
+        pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
+        md += "\n\nMean per-class IoU over seeds:\n\n" + per_class_table(pc)
+    return md
