@@ -772,13 +772,17 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
                             'k': runs[0]['k'], 'in_share': float(np.mean([r['in_share'] for r in runs]))}
     return res
 
-def dfss_table(res:dict # from `dfss_experiment`
+def dfss_table(res:dict, # from `dfss_experiment`
+               ref:str='random' # the row paired differences are taken from
               )->str:
-    "A markdown table: mIoU mean ± std per row, with K and the share of in-distribution images selected (mean over seeds)."
+    "A markdown table: mIoU mean ± std per row, with K, the share of in-distribution images selected (mean over seeds), and the paired difference from `ref`."
     n = len(res['config']['seeds'])
-    lines = [f"| row | K | in-distribution share | mIoU (mean ± std over {n} seeds) |", '|---|---:|---:|---:|']
+    by_seed = {row: {x['seed']: x['miou'] for x in r['runs']} for row, r in res['rows'].items()}
+    lines = [f"| row | K | in-distribution share | mIoU (mean ± std over {n} seeds) | Δ vs {ref} (paired) |", '|---|---:|---:|---:|---:|']
     for row, r in res['rows'].items():
-        lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} |")
+        d = np.array([v - by_seed[ref][s] for s, v in by_seed[row].items() if s in by_seed.get(ref, {})]) if row != ref else np.array([])
+        dd = f"{100*d.mean():+.1f} ± {100*(d.std(ddof=1) if len(d) > 1 else 0.0):.1f}" if len(d) else ('reference' if row == ref else '-')
+        lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
     return '\n'.join(lines)
 
 # %% ../nbs/11_dfss.ipynb #041bd9f5
