@@ -16,7 +16,7 @@ from segkd_nb.config import load_settings, save_json, git_commit
 from segkd_nb.data import PoolDataset, collate_skip, image_pool
 from segkd_nb.runs import get_preset, cached_teacher, load_split, data_taxonomy, CAMVID_HOLDOUT
 from segkd_nb.train import TrainConfig
-from segkd_nb.dfss import (pool_paths, ads_scores, image_moments, ads_greedy, auroc, dfss_experiment, dfss_table, DFSS_ROWS, _NORMS)
+from segkd_nb.dfss import (pool_paths, moment_distances, image_moments, ads_greedy, auroc, dfss_experiment, dfss_table, DFSS_ROWS, _NORMS)
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('--steps', type=int, default=500, help='optimizer steps of every student row')
@@ -61,8 +61,8 @@ paths, ids = pool_paths(pool)
 src = [i.split('/')[0] for i in ids]
 n_in = sum(x == 'camvid_0001TP' for x in src)
 dl = DataLoader(PoolDataset(paths, p.size, ids), batch_size=16, collate_fn=collate_skip)
-scores = {f'image, norm={n}': ads_scores(teacher, dl, norm=n).distance for n in _NORMS}
-mom = image_moments(teacher, dl)
+mom = image_moments(teacher, dl)  # one pass: per-image channel moments give every norm's per-image distance
+scores = {f'image, norm={n}': moment_distances(mom, n).sum(1).float() for n in _NORMS}
 rank = torch.empty(len(mom)); rank[ads_greedy(mom, 1.0)[0]] = torch.arange(len(mom), dtype=torch.float)  # join position
 scores['set, greedy rank'] = rank
 sep = {}

@@ -565,12 +565,16 @@ def data_free_data(teacher:nn.Module, # the teacher (with BatchNorm)
                    seed:int=0, # seed of the random selection
                    mode:str='image', # ADS mode: 'image' | 'set'
                    layers:list|str=None, norm:str='none', weights:dict|list=None,
-                   batch_size:int=16, cache:bool=True)->tuple:
+                   batch_size:int=16, cache:bool=True,
+                   scores:dict=None # a `score_pool` result of this teacher and pool to reuse (set mode: with its greedy `order`)
+                  )->tuple:
     "(AuxPool of the selected images with `weight` = w0, info dict)."
     if select not in ('ads', 'random', 'all'): raise ValueError(f"select={select!r}; choose 'ads', 'random' or 'all'")
     kk = 0.5 if k is None else k
-    s = score_pool(teacher, pool_dir, size, mode, layers, norm, weights, batch_size, k=kk if select == 'ads' and mode == 'set' else None)
+    s = scores if scores is not None else score_pool(teacher, pool_dir, size, mode, layers, norm, weights, batch_size,
+                                                     k=kk if select == 'ads' and mode == 'set' else None)
     N = len(s['ids'])
+    if select == 'ads' and mode == 'set' and 'order' not in s: raise ValueError("set-mode selection needs scores with a greedy 'order' (score_pool(..., k=))")
     if select == 'all': idx = torch.arange(N)
     elif select == 'random': idx = torch.randperm(N, generator=torch_generator(seed))[:resolve_k(kk, N)]
     elif mode == 'set': idx = s['order'][:resolve_k(kk, N)]
@@ -747,16 +751,19 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
     if 'kd-original' in rows and original is None: raise ValueError("row 'kd-original' needs `original` (the teacher's training images)")
     res = {'config': {'k': k, 'seeds': list(seeds), 'arch': arch, 'width': width, 'train': asdict(cfg), 'size': list(size), 'schedule': schedule,
                       'rho': rho, 'gamma0': gamma0, 'tau': tau, 'mode': mode, 'norm': norm, **(meta or {})}, 'rows': {}}
-    fixed = {}
+    fixed, kk = {}, (0.5 if k is None else k)
+    def scores():  # scored once per experiment: the teacher and the pool are fixed
+        if 'scores' not in fixed: fixed['scores'] = score_pool(teacher, pool, size, mode, norm=norm, k=kk if mode == 'set' else None)
+        return fixed['scores']
     for row in rows:
         runs = []
         for seed in seeds:
             if row == 'kd-original':
                 paths, ids = pool_paths(original); ds, info = AuxPool(paths, ids, torch.ones(len(ids)), size), {'selected': ids, 'k': len(ids)}
-            elif row == 'random': ds, info = data_free_data(teacher, pool, 'random', k, size, seed=seed, mode=mode, norm=norm)
+            elif row == 'random': ds, info = data_free_data(teacher, pool, 'random', k, size, seed=seed, mode=mode, norm=norm, scores=scores())
             else:
                 sel = 'all' if row == 'all' else 'ads'
-                if sel not in fixed: fixed[sel] = data_free_data(teacher, pool, sel, k, size, mode=mode, norm=norm)
+                if sel not in fixed: fixed[sel] = data_free_data(teacher, pool, sel, k, size, mode=mode, norm=norm, scores=scores())
                 ds, info = fixed[sel]
             sch = schedule if row == 'ads+wdpd' else 'none'
             term = check_label_free({'wdpd': (1.0, WDPDKDTerm(tau, sch, rho, gamma0))})

@@ -337,8 +337,11 @@ def test_export_pool_to_fiftyone(fo_db, tmp_path):
     ds2 = export_pool('dfss_test', info['paths'], info['distance'], selected=None)  # re-export replaces
     assert len(ds2) == 6 and ds2.count_values('ads_selected') == {False: 6}
 
-def test_dfss_experiment_smoke(tmp_path):
+def test_dfss_experiment_smoke(tmp_path, monkeypatch):
+    import segkd_nb.dfss as dfss
     from segkd_nb.dfss import dfss_experiment, dfss_table, DFSS_ROWS
+    calls, real = [], dfss.score_pool
+    monkeypatch.setattr(dfss, 'score_pool', lambda *a, **kw: calls.append(1) or real(*a, **kw))
     from segkd_nb.models import build_model
     from segkd_nb.runs import load_split
     from segkd_nb.train import TrainConfig
@@ -359,4 +362,5 @@ def test_dfss_experiment_smoke(tmp_path):
     assert sel('ads', 0) == sel('ads', 1) and sorted(sel('ads', 0)) == sorted(sel('ads+wdpd', 0))
     assert json.loads((tmp_path/'runs'/'ads+wdpd-s0'/'config.json').read_text())['schedule'] == 'linear'
     assert '| ads+wdpd | 4 |' in dfss_table(res)
+    assert len(calls) == 1  # the pool is scored once per experiment, shared by every data-free row and seed
     with pytest.raises(ValueError, match='unknown rows'): dfss_experiment(teacher, pool, val, rows=('best',))
