@@ -83,7 +83,7 @@ print(f'ADS top-{k} by source:', sel_by_src)
 res = dfss_experiment(teacher, pool, load_split('camvid', 'val', p.size), original=original, rows=tuple(a.rows.split(',')), k=k,
                       seeds=tuple(int(v) for v in a.seeds.split(',')), arch=p.student_arch, width=p.student_width,
                       cfg=TrainConfig(steps=a.steps, batch_size=p.batch_size, lr=p.lr), size=p.size, run_dir=s.path('runs_dir')/'dfss-camvid',
-                      tax=tax, meta={'data': 'camvid', 'teacher_dir': t_dir.name}, in_dist=lambda i: str(i).startswith('camvid_0001TP/'))
+                      tax=tax, meta={'data': 'camvid', 'teacher_dir': t_dir.name}, in_dist=lambda i: not str(i).startswith(('bsds500/', 'idd_lite/')))  # CamVid frames: the 0001TP pool part, or the teacher's own (kd-original)
 t_metrics = __import__('json').loads((t_dir/'metrics.json').read_text())
 res |= {'teacher': {'dir': t_dir.name, 'arch': p.teacher_arch, 'miou': t_metrics['miou'], 'per_class_iou': t_metrics['per_class_iou']},
         'pool': {x: sum(y == x for y in src) for x in ('camvid_0001TP', 'bsds500', 'idd_lite')}, 'ads_topk_by_source': sel_by_src,
