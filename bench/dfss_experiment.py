@@ -12,11 +12,11 @@ import argparse, os, sys, time
 from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
-from segkd_nb.config import load_settings, save_json, git_commit
+from segkd_nb.config import load_settings, save_json, load_json, git_commit
 from segkd_nb.data import PoolDataset, collate_skip, image_pool
 from segkd_nb.runs import get_preset, cached_teacher, load_split, data_taxonomy, CAMVID_HOLDOUT
 from segkd_nb.train import TrainConfig
-from segkd_nb.dfss import (pool_paths, moment_distances, image_moments, ads_greedy, auroc, dfss_experiment, dfss_table, DFSS_ROWS, _NORMS)
+from segkd_nb.dfss import (pool_paths, moment_distances, image_moments, ads_greedy, ads_select, auroc, dfss_experiment, dfss_table, DFSS_ROWS, _NORMS)
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('--steps', type=int, default=500, help='optimizer steps of every student row')
@@ -73,18 +73,16 @@ for mode, d in scores.items():
         is_out = torch.tensor([x != 'camvid_0001TP' for x in src])[keep]
         sep[mode][other] = auroc(d[keep], is_out)
 print('AUROC (0001TP vs ...):', {m: {k: round(v, 3) for k, v in r.items()} for m, r in sep.items()})
-sel_by_src = {}
 k = a.k or n_in
-d = scores['image, norm=none']
-top = d.argsort()[:k]
-for x in ('camvid_0001TP', 'bsds500', 'idd_lite'): sel_by_src[x] = int(sum(src[i] == x for i in top.tolist()))
+top = ads_select(scores['image, norm=none'], k).tolist()
+sel_by_src = {x: sum(src[i] == x for i in top) for x in ('camvid_0001TP', 'bsds500', 'idd_lite')}
 print(f'ADS top-{k} by source:', sel_by_src)
 
 res = dfss_experiment(teacher, pool, load_split('camvid', 'val', p.size), original=original, rows=tuple(a.rows.split(',')), k=k,
                       seeds=tuple(int(v) for v in a.seeds.split(',')), arch=p.student_arch, width=p.student_width,
                       cfg=TrainConfig(steps=a.steps, batch_size=p.batch_size, lr=p.lr), size=p.size, run_dir=s.path('runs_dir')/'dfss-camvid',
                       tax=tax, meta={'data': 'camvid', 'teacher_dir': t_dir.name}, in_dist=lambda i: not str(i).startswith(('bsds500/', 'idd_lite/')))  # CamVid frames: the 0001TP pool part, or the teacher's own (kd-original)
-t_metrics = __import__('json').loads((t_dir/'metrics.json').read_text())
+t_metrics = load_json(t_dir/'metrics.json')
 res |= {'teacher': {'dir': t_dir.name, 'arch': p.teacher_arch, 'miou': t_metrics['miou'], 'per_class_iou': t_metrics['per_class_iou']},
         'pool': {x: sum(y == x for y in src) for x in ('camvid_0001TP', 'bsds500', 'idd_lite')}, 'ads_topk_by_source': sel_by_src,
         'separation_auroc': sep, 'wall_s': round(time.time() - t0, 1), 'git': git_commit(),

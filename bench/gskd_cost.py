@@ -225,8 +225,9 @@ def main(argv=None):
     if args.json:
         from segkd_nb.config import git_commit
         command = 'python bench/gskd_cost.py ' + ' '.join(sys.argv[1:])
-        md = f"**GSKD cost** (`{command}`, commit `{git_commit()}`, {dev}, {torch.get_num_threads()} threads):\n\n" + '\n'.join(table) + '\n\n' + note
-        Path(args.json).write_text(json.dumps({'args': vars(args), 'device': str(dev), 'rows': rows, 'command': command, 'git': git_commit(), 'markdown': md}, indent=1))
+        commit = git_commit()
+        md = f"**GSKD cost** (`{command}`, commit `{commit}`, {dev}, {torch.get_num_threads()} threads):\n\n" + '\n'.join(table) + '\n\n' + note
+        Path(args.json).write_text(json.dumps({'args': vars(args), 'device': str(dev), 'rows': rows, 'command': command, 'git': commit, 'markdown': md}, indent=1))
     return rows
 
 if __name__ == '__main__': main()

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from .data import IGNORE, DataError, Taxonomy, show_mask, show_image
 from .config import torch_generator, save_json, load_json, atomic_path, config_hash, git_commit
+from .metrics import paired_diff
 
 # %% auto #0
 __all__ = ['SELECTIONS', 'D3S2_ROWS', 'class_histograms', 'class_presence', 'longtail_presence', 'show_class_balance',
@@ -761,9 +762,8 @@ def d3s2_table(res:dict # from `run_d3s2_experiment` (or its results JSON)
     for k, v in res['summary'].items():
         ta = f"{100*v['teacher_agreement_mean']:.1f}" if v['teacher_agreement_mean'] is not None else '-'
         ni = 'all' if v['budget'] is None else (n_img.get((v['row'], v['budget'])) or '-')
-        d = np.array([m - miou[('random real', b, s)] for (r, b, s), m in miou.items()
-                      if r == v['row'] and b == v['budget'] and ('random real', b, s) in miou and r != 'random real'])
-        dd = f"{100*d.mean():+.1f} ± {100*(d.std(ddof=1) if len(d) > 1 else 0.0):.1f}" if len(d) else '-'
+        seeds = lambda row: {s: m for (r, b, s), m in miou.items() if r == row and b == v['budget']}
+        dd = '-' if v['row'] == 'random real' else paired_diff(seeds(v['row']), seeds('random real'))
         rows.append(f"| {v['row']} | {v['budget'] if v['budget'] is not None else 'all'} | {ni} | "
                     f"{100*v['miou_mean']:.1f} ± {100*v['miou_std']:.1f} (n={v['n_seeds']}) | {dd} | {ta} |")
     return '\n'.join(rows)

@@ -14,6 +14,7 @@ from .config import atomic_path, save_json, torch_generator
 from .data import DataError, PoolDataset, collate_skip, image_pool, log, read_image
 from .train import LossTerm, Trainer, TrainConfig
 from .kd import pixel_kd, register_term
+from .metrics import paired_diff
 
 # %% auto #0
 __all__ = ['BN_TYPES', 'SCHEDULES', 'LABEL_DIRS', 'DFSS_ROWS', 'bn_layers', 'set_bn_stats', 'BNInputStats', 'bn_distance',
@@ -787,8 +788,7 @@ def dfss_table(res:dict, # from `dfss_experiment`
     by_seed = {row: {x['seed']: x['miou'] for x in r['runs']} for row, r in res['rows'].items()}
     lines = [f"| row | K | in-distribution share | mIoU (mean ± std over {n} seeds) | Δ vs {ref} (paired) |", '|---|---:|---:|---:|---:|']
     for row, r in res['rows'].items():
-        d = np.array([v - by_seed[ref][s] for s, v in by_seed[row].items() if s in by_seed.get(ref, {})]) if row != ref else np.array([])
-        dd = f"{100*d.mean():+.1f} ± {100*(d.std(ddof=1) if len(d) > 1 else 0.0):.1f}" if len(d) else ('reference' if row == ref else '-')
+        dd = 'reference' if row == ref else paired_diff(by_seed[row], by_seed.get(ref, {}))
         lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
     return '\n'.join(lines)
 

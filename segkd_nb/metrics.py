@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 from .data import IGNORE
 
 # %% auto #0
-__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'location_prior', 'colour_lut', 'colour_predict']
+__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_diff', 'location_prior', 'colour_lut',
+           'colour_predict']
 
 # %% ../nbs/03_metrics.ipynb #6961780b
 class ConfusionMatrix:
@@ -88,6 +89,14 @@ def show_confusion(cm:ConfusionMatrix, # the matrix
     ax.set_xticks(range(cm.n), classes, rotation=90, fontsize=7); ax.set_yticks(range(cm.n), classes, fontsize=7)
     ax.set_xlabel('predicted'); ax.set_ylabel('ground truth')
     return ax
+
+# %% ../nbs/03_metrics.ipynb #817caa9a
+def paired_diff(x:dict, # seed -> value of the row
+                ref:dict # seed -> value of the reference row
+               )->str:
+    "'+m ± s' in percent: mean and std (ddof 1) over the seeds both share of `x[s] - ref[s]`; '-' when they share none."
+    d = np.array([v - ref[s] for s, v in x.items() if s in ref])
+    return f"{100*d.mean():+.1f} ± {100*(d.std(ddof=1) if len(d) > 1 else 0.0):.1f}" if len(d) else '-'
 
 # %% ../nbs/03_metrics.ipynb #1c0146c4
 def location_prior(masks:torch.Tensor, # [N,H,W] training masks (255 = ignore)
