@@ -429,18 +429,27 @@ def cmd_l2i_train(a):
 
 def cmd_l2i_sample(a):
     "`segkd l2i sample`"
-    from segkd_nb.runs import load_split, data_taxonomy
+    from segkd_nb.runs import load_split, data_taxonomy, command_line
     from segkd_nb.models import load_checkpoint
-    tax = data_taxonomy(a.data); ds = load_split(a.data, 'val', size=None, augment=False)
-    m = load_l2i(l2i_run_dir(a.data, a.ckpt), device=a.device)
+    from segkd_nb.config import git_commit
+    if a.json and not a.segmenter: raise SystemExit("--json records mask following: give --segmenter too")
+    tax = data_taxonomy(a.data); folder = l2i_run_dir(a.data, a.ckpt)
+    m = load_l2i(folder, device=a.device)
+    ds = load_split(a.data, 'val', size=a.size or m.cfg.size, augment=False)  # masks (and images) at the size the segmenter reads
     idx = list(range(min(a.n, len(ds))))
-    masks = torch.stack([ds[i]['mask'] for i in idx])
-    imgs = sample_l2i(m, masks, steps=a.steps, seeds=a.seed)
-    fig = show_samples(imgs[:8], masks[:8], tax); out = Path(a.out or l2i_run_dir(a.data, a.ckpt)/'samples.png')
+    masks = torch.stack([ds[i]['mask'] for i in idx])                     # [N,H,W]
+    imgs = sample_l2i(m, masks, steps=a.steps, seeds=a.seed)              # [N,3,H,W]
+    fig = show_samples(imgs[:8], masks[:8], tax); out = Path(a.out or folder/'samples.png')
     fig.savefig(out, dpi=80); plt.close(fig); print(f"wrote {out}")
     if a.segmenter:
-        seg, _ = load_checkpoint(a.segmenter, num_classes=tax.n)
-        print(mask_following(seg.to(imgs.device), imgs, masks, n=tax.n))
+        seg, _ = load_checkpoint(a.segmenter, num_classes=tax.n); seg = seg.to(imgs.device).eval()
+        mf = mask_following(seg, imgs, masks, n=tax.n)
+        mf_real = mask_following(seg, torch.stack([ds[i]['image'] for i in idx]), masks, n=tax.n)  # the same masks' real images, for reference
+        print({'samples': mf, 'real images (reference)': mf_real})
+        if a.json:
+            rec = {'l2i': {'steps': m.step, 'train_s': m.train_s, 'config': asdict(m.cfg)}, 'samples': mf, 'real_images': mf_real,
+                   'data': a.data, 'size': list(masks.shape[-2:]), 'segmenter': str(a.segmenter), 'command': command_line(), 'git': git_commit()}
+            print(f"wrote {save_json(rec, a.json)}")
 
 def register_cli(sub):
     "Add `segkd l2i train|sample` to the `segkd` parser."
@@ -461,4 +470,6 @@ def register_cli(sub):
     s.add_argument('--data', default='samples'); s.add_argument('--ckpt', help='model folder (default: runs_dir/l2i-DATA)')
     s.add_argument('--n', type=int, default=32); s.add_argument('--steps', type=int, default=20); s.add_argument('--seed', type=int, default=0)
     s.add_argument('--segmenter', help='a segmenter checkpoint: report mask following'); s.add_argument('--out', help='grid PNG path')
+    s.add_argument('--size', type=_hw, help="HxW of the masks and images (default: the model's size; give the segmenter's training size)")
+    s.add_argument('--json', help='write the mask-following record (needs --segmenter)')
     s.add_argument('--device'); s.set_defaults(func=cmd_l2i_sample)
