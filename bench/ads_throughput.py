@@ -22,6 +22,7 @@ from segkd_nb.config import get_device, save_json, git_commit, seed_everything, 
 from segkd_nb.data import PoolDataset, collate_skip, image_pool
 from segkd_nb.models import build_model
 from segkd_nb.dfss import ads_scores, image_moments, set_bn_stats, bn_layers
+from _timing import clock, interleaved
 
 def _pool_files(n_min:int=8)->list:
     "The embedded pool's images, or a few generated ones where data_samples/ is absent."
@@ -91,18 +92,12 @@ def main(argv=None):
     files = _pool_files(); ds = PoolDataset([files[i % len(files)] for i in range(a.images)], p.size)
     batches = [b for b in DataLoader(ds, batch_size=a.batch_size, collate_fn=collate_skip)]
     batches = [{**b, 'image': b['image'].to(dev)} for b in batches]
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
-    clock = time.perf_counter if dev.type == 'cuda' else time.process_time  # CPU time of this process: other jobs on the machine do not count
     def forward():
         with torch.inference_mode():
             for b in batches: t(b['image'])
     variants = {'forward': forward, 'ads': lambda: ads_scores(t, batches), 'ads_full': lambda: ads_scores(t, batches, early_exit=False),
                 'moments': lambda: image_moments(t, batches)}
-    for f in variants.values(): f()  # warm-up
-    times = {k: [] for k in variants}
-    for _ in range(a.rounds):  # interleaved, so machine load hits every variant alike
-        for k, f in variants.items():
-            sync(); t0 = clock(); f(); sync(); times[k].append(clock() - t0)
+    times = interleaved(variants, a.rounds, clock(dev))  # one warm-up call each; CPU time of this process (other jobs do not count)
     med = {k: float(np.min(v)) for k, v in times.items()}  # the least disturbed round
     ips = {k: round(a.images / v, 1) for k, v in med.items()}
     ratio = {k: round(med['forward'] / med[k], 3) for k in ('ads', 'ads_full', 'moments')}

@@ -23,12 +23,7 @@ from segkd_nb.models import build_model
 from segkd_nb.l2i import L2I, L2IConfig, sample_l2i
 from segkd_nb.d3s2 import (Guidance, GuidanceConfig, longtail_presence, greedy_balanced_select, rarest_first_select, random_select,
                            class_histograms)
-
-def _clock(dev):
-    if dev.type == 'cuda':
-        def f(): torch.cuda.synchronize(); return time.perf_counter()
-        return f
-    return time.process_time
+from _timing import clock, interleaved
 
 def _hw(s): h, w = s.lower().split('x'); return int(h), int(w)
 
@@ -38,7 +33,7 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=5); ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--device', default=None); ap.add_argument('--out', default=None)
     a = ap.parse_args(argv)
-    dev = get_device(a.device); clock = _clock(dev); K = 9
+    dev = get_device(a.device); K = 9
     seed_everything(0)
     model = L2I(L2IConfig(num_classes=K)).to(dev).eval()
     seg = build_model('tiny', K).to(dev).eval()
@@ -53,11 +48,8 @@ def main(argv=None):
              'feat x0': Guidance(seg, GuidanceConfig(lam_seg=0, **win), moments, n=K),
              'seg+feat xt': Guidance(seg, GuidanceConfig(mode='xt', **win), moments, n=K)}
     sample_l2i(model, masks[:2], steps=2, guidance=modes['seg+feat xt'])  # warm-up (imports, allocator)
-    best = {m: float('inf') for m in modes}
-    for r in range(a.rounds):
-        for m, G in modes.items():
-            t0 = clock(); sample_l2i(model, masks, steps=a.steps, seeds=0, guidance=G, batch_size=a.batch); t = (clock() - t0) / a.steps
-            best[m] = min(best[m], t)
+    runs = {m: (lambda G=G: sample_l2i(model, masks, steps=a.steps, seeds=0, guidance=G, batch_size=a.batch)) for m, G in modes.items()}
+    best = {m: min(v) / a.steps for m, v in interleaved(runs, a.rounds, clock(dev), warmup=0).items()}  # seconds per step, best round
     base = best['unguided']
     sampling = {m: {'s_per_step': round(t, 4), 'relative': round(t / base, 2)} for m, t in best.items()}
 

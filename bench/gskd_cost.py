@@ -31,6 +31,7 @@ import argparse, gc, json, os, platform, sys, threading, time
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _timing import clock, interleaved
 from segkd_nb.models import build_model
 from segkd_nb.kd import KDTerm
 from segkd_nb.gskd import GSKDTerm, ProjectionHead, point_features, to_grid
@@ -76,14 +77,6 @@ class SavedBytes:
         self._h = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t); self._h.__enter__(); return self
     def __exit__(self, *a): self._h.__exit__(*a); self.bytes = sum(self.st.values())
 
-def sync(dev):
-    if dev.type == 'cuda': torch.cuda.synchronize()
-
-def clock(dev)->float:
-    "Seconds: process CPU time on the CPU (robust to other processes sharing the cores), wall time on CUDA."
-    if dev.type == 'cuda': torch.cuda.synchronize(); return time.perf_counter()
-    return time.process_time()
-
 def memory(fn, dev)->float:
     "MB: CUDA peak allocation of one call, or the CPU's peak RSS increase (see the module docstring)."
     if dev.type == 'cuda':
@@ -93,14 +86,9 @@ def memory(fn, dev)->float:
     return r.delta / 2**20
 
 def measure(fns:dict, dev, repeats:int, warmup:int=1)->dict:
-    "Median time (ms) of each `fn()`, the functions interleaved round-robin so drifting load hits them alike, then memory."
-    for f in fns.values():
-        for _ in range(warmup): f()
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = clock(dev); f(); ts[k].append(1e3 * (clock(dev) - t0))
-    return {k: {'ms': sorted(v)[len(v) // 2], 'all_ms': v, 'peak_mb': memory(fns[k], dev)} for k, v in ts.items()}
+    "Median time (ms) of each `fn()` over `repeats` interleaved rounds (`_timing.interleaved`), then its memory."
+    ts = interleaved(fns, repeats, clock(dev), warmup)
+    return {k: {'ms': 1e3 * sorted(v)[len(v) // 2], 'all_ms': [1e3 * t for t in v], 'peak_mb': memory(fns[k], dev)} for k, v in ts.items()}
 
 def is_oom(e:BaseException)->bool:
     return isinstance(e, getattr(torch, 'OutOfMemoryError', ())) or 'out of memory' in str(e).lower() or "can't allocate memory" in str(e).lower()

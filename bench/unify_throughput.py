@@ -16,25 +16,17 @@ from pathlib import Path
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _timing import CLOCKS, clock as clock_fn, interleaved
 from segkd_nb.data import TaxonomyMapping, camvid_taxonomy, idd_lite_taxonomy, CAMVID_TO_IDD
 from segkd_nb.models import build_model
 from segkd_nb.unify import (allowed_lut, teacher_probs, raw_pseudo_label, unified_pseudo_label, write_pseudo_labels,
                             write_toy_scenes, paired_dirs, seg_logits, SCALES)
 
-CLOCKS = {'process': time.process_time, 'wall': time.perf_counter}
-
 def timeit(fns:dict, reps:int, warmup:bool=True, clock:str='process')->dict:
-    """Seconds per call of each function: the minimum over `reps` rounds, the functions interleaved within each round.
+    """Seconds per call of each function: the minimum over `reps` interleaved rounds (`_timing.interleaved`).
     Interleaving and the minimum make the ratios robust to other processes sharing the cores; the default clock is this
     process's CPU time (everything runs in this process: no loader workers), which other processes do not inflate."""
-    now = CLOCKS[clock]
-    if warmup:
-        for f in fns.values(): f()
-    ts = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = now(); f(); ts[k].append(now() - t0)
-    return {k: min(v) for k, v in ts.items()}
+    return {k: min(v) for k, v in interleaved(fns, reps, clock_fn(kind=clock), int(warmup)).items()}
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

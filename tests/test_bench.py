@@ -20,3 +20,18 @@ def test_unify_experiment_names_the_missing_real_data(tmp_path):
 def test_unify_experiment_refuses_a_teacher_shorter_than_its_students():
     r = run('unify_experiment.py', '--data', 'samples', '--teacher-steps', '10', '--student-steps', '20')
     assert r.returncode != 0 and "must be at least the students'" in r.stderr, r.stderr[-2000:]
+
+def test_interleaved_timing_runs_every_variant_once_per_round():
+    sys.path.insert(0, str(ROOT/'bench'))
+    from _timing import interleaved, clock
+    calls = []
+    ts = interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, rounds=3, now=clock(), warmup=1)
+    assert calls == ['a', 'b'] * 4 and {k: len(v) for k, v in ts.items()} == {'a': 3, 'b': 3} and all(t >= 0 for v in ts.values() for t in v)
+    with pytest.raises(ValueError, match='clock must be one of'): clock(kind='gpu')
+
+def test_d3s2_cost_runs_small(tmp_path):
+    r = run('d3s2_cost.py', '--steps', '1', '--rounds', '1', '--batch', '1', '--size', '24x32', '--out', str(tmp_path/'c.json'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    res = json.loads((tmp_path/'c.json').read_text())
+    assert res['sampling']['unguided']['relative'] == 1.0 and 'greedy 5%' in res['selection_10000x150']
