@@ -348,13 +348,16 @@ def mask_following(segmenter:nn.Module, # frozen segmenter: `segmenter(x 0..1)['
                    masks:torch.Tensor, # [N,H,W] the masks they were drawn for
                    n:int=None, # number of classes (default: the logits' channels)
                    seed:int=0, # seed of the shuffle
-                   batch_size:int=32)->dict:
+                   batch_size:int=32,
+                   shift:int=None # rotate the masks by this many places (default: a random shift drawn from `seed`)
+                  )->dict:
     "mIoU of a frozen segmenter on samples vs their own masks (`miou_own`) and vs shuffled masks (`miou_shuffled`)."
     if len(images) < 2: raise ValueError("mask_following needs at least 2 samples (the shuffle must move every mask)")
+    if shift is not None and shift % len(masks) == 0: raise ValueError(f"shift {shift} leaves every mask in place (n = {len(masks)})")
     segmenter.eval(); dev = next(segmenter.parameters()).device
     preds = torch.cat([segmenter(images[i:i+batch_size].to(dev))['logits'].argmax(1).cpu() for i in range(0, len(images), batch_size)])  # [N,H,W]
     n = n or int(segmenter(images[:1].to(dev))['logits'].shape[1])
-    shift = 1 + int(torch.randint(0, len(masks) - 1, (1,), generator=torch_generator(seed)))
+    if shift is None: shift = 1 + int(torch.randint(0, len(masks) - 1, (1,), generator=torch_generator(seed)))
     perm = (torch.arange(len(masks)) + shift) % len(masks)           # a derangement
     own, shuf = ConfusionMatrix(n).update(preds, masks), ConfusionMatrix(n).update(preds, masks[perm])
     return {'miou_own': own.miou(), 'miou_shuffled': shuf.miou(), 'pixel_acc_own': own.pixel_acc(), 'pixel_acc_shuffled': shuf.pixel_acc(), 'n': len(images)}
@@ -436,18 +439,19 @@ def cmd_l2i_sample(a):
     tax = data_taxonomy(a.data); folder = l2i_run_dir(a.data, a.ckpt)
     m = load_l2i(folder, device=a.device)
     ds = load_split(a.data, 'val', size=a.size or m.cfg.size, augment=False)  # masks (and images) at the size the segmenter reads
-    idx = list(range(min(a.n, len(ds))))
+    idx = np.unique(np.linspace(0, len(ds) - 1, min(a.n, len(ds))).round().astype(int)).tolist()  # spread over the split: video frames in a row share one layout
     masks = torch.stack([ds[i]['mask'] for i in idx])                     # [N,H,W]
     imgs = sample_l2i(m, masks, steps=a.steps, seeds=a.seed)              # [N,3,H,W]
     fig = show_samples(imgs[:8], masks[:8], tax); out = Path(a.out or folder/'samples.png')
     fig.savefig(out, dpi=80); plt.close(fig); print(f"wrote {out}")
     if a.segmenter:
         seg, _ = load_checkpoint(a.segmenter, num_classes=tax.n); seg = seg.to(imgs.device).eval()
-        mf = mask_following(seg, imgs, masks, n=tax.n)
-        mf_real = mask_following(seg, torch.stack([ds[i]['image'] for i in idx]), masks, n=tax.n)  # the same masks' real images, for reference
+        shift = len(idx) // 2  # each image against the mask half the split away: the most distant layout in a video
+        mf = mask_following(seg, imgs, masks, n=tax.n, shift=shift)
+        mf_real = mask_following(seg, torch.stack([ds[i]['image'] for i in idx]), masks, n=tax.n, shift=shift)  # the same masks' real images, for reference
         print({'samples': mf, 'real images (reference)': mf_real})
         if a.json:
-            rec = {'l2i': {'steps': m.step, 'train_s': m.train_s, 'config': asdict(m.cfg)}, 'samples': mf, 'real_images': mf_real,
+            rec = {'l2i': {'steps': m.step, 'train_s': m.train_s, 'config': asdict(m.cfg)}, 'samples': mf, 'real_images': mf_real, 'val_index': idx, 'shift': shift,
                    'data': a.data, 'size': list(masks.shape[-2:]), 'segmenter': str(a.segmenter), 'command': command_line(), 'git': git_commit()}
             print(f"wrote {save_json(rec, a.json)}")
 
