@@ -12,7 +12,7 @@ Stages, each resumable and skipped when finished (run them separately to time th
 """
 import argparse, json, os, sys, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-from segkd_nb.d3s2 import run_d3s2_experiment, d3s2_table, D3S2_ROWS
+from segkd_nb.d3s2 import run_d3s2_experiment, d3s2_table, D3S2_ROWS, GuidanceConfig
 
 def _list(s, f): return tuple(f(v) for v in s.split(','))
 
@@ -21,10 +21,13 @@ ap.add_argument('--preset', default='samples'); ap.add_argument('--budgets', def
 ap.add_argument('--seeds', default='0,1,2'); ap.add_argument('--rows', default=','.join(D3S2_ROWS))
 ap.add_argument('--student-steps', type=int); ap.add_argument('--sample-steps', type=int, default=20)
 ap.add_argument('--l2i', help='l2i model folder (default: runs_dir/l2i-DATA)'); ap.add_argument('--out', help='results JSON to write')
+ap.add_argument('--scale', type=float, help='step size of the guided row (default: GuidanceConfig().scale)')
+ap.add_argument('--exp-dir', help='experiment folder (default: runs_dir/d3s2-exp-PRESET); use a new one when the settings change')
 a = ap.parse_args()
 t0 = time.time()
 res = run_d3s2_experiment(a.preset, budgets=_list(a.budgets, lambda v: float(v) if '.' in v else int(v)), seeds=_list(a.seeds, int),
-                          rows=_list(a.rows, str), l2i=a.l2i, student_steps=a.student_steps, sample_steps=a.sample_steps, results=a.out)
+                          rows=_list(a.rows, str), l2i=a.l2i, student_steps=a.student_steps, sample_steps=a.sample_steps, results=a.out,
+                          out=a.exp_dir, guidance=GuidanceConfig(scale=a.scale) if a.scale is not None else None)
 res['wall_s'] = round(time.time() - t0, 1); res['command'] = 'python bench/d3s2_experiment.py ' + ' '.join(sys.argv[1:])
 if a.out:
     from segkd_nb.config import save_json; save_json(res, a.out)
