@@ -14,7 +14,7 @@ to the size) and reports its peak RSS above its RSS before scoring, and the byte
 to return freed blocks at once, MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, so that RSS follows live memory). Per-image
 scoring keeps N x L floats, so its peak is flat from 1x to 10x; the set-level mode keeps 2 x N x sum(C_l) floats.
 Absolute times on shared machines are noise: read the ratios."""
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, json, os, resource, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 from torch.utils.data import DataLoader
@@ -120,7 +120,7 @@ def main(argv=None):
     out = {'preset': a.preset, 'device': str(dev), 'threads': torch.get_num_threads(), 'teacher': p.teacher_arch, 'size': list(p.size),
            'batch_size': a.batch_size, 'images': a.images, 'rounds': a.rounds, 'images_per_s': ips, 'ratio_to_forward': ratio,
            'target_ratio': 0.9, 'target_met': ratio['ads'] >= 0.9, 'memory': mem, 'peak_growth_1x_to_10x_mb': growth,
-           'command': 'python bench/ads_throughput.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'git': git_commit()}
+           'command': 'python bench/ads_throughput.py ' + shlex.join(argv if argv is not None else sys.argv[1:]), 'git': git_commit()}
     if a.out: save_json(out, a.out); print(f"wrote {a.out}")
     return out
 

@@ -15,7 +15,7 @@ other jobs on a shared machine do not count; on a GPU it is wall time after sync
 Selection: a synthetic long-tailed presence table (10,000 x 150, power-law class frequencies) with budgets of 1% and 5%,
 for greedy (with and without the near-duplicate penalty), rarest-first and random; and `class_histograms` over 10,000
 random 96x128 masks. Reported, not gated. Absolute times on shared machines are noise: read the ratios."""
-import argparse, json, os, sys, time
+import argparse, json, os, shlex, sys, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np, torch
 from segkd_nb.config import get_device, save_json, git_commit, seed_everything
@@ -64,7 +64,7 @@ def main(argv=None):
 
     res = {'device': str(dev), 'threads': torch.get_num_threads(), 'batch': a.batch, 'size': list(a.size), 'model_size': list(model.cfg.size),
            'steps': a.steps, 'rounds': a.rounds, 'clock': 'wall (cuda sync)' if dev.type == 'cuda' else 'process CPU time',
-           'sampling': sampling, 'selection_10000x150': sel, 'git': git_commit(), 'command': 'python bench/d3s2_cost.py ' + ' '.join(sys.argv[1:])}
+           'sampling': sampling, 'selection_10000x150': sel, 'git': git_commit(), 'command': 'python bench/d3s2_cost.py ' + shlex.join(sys.argv[1:])}
     print(f"one DDIM step, batch {a.batch}, masks {a.size[0]}x{a.size[1]} (model {model.cfg.size[0]}x{model.cfg.size[1]}), {res['clock']} on {dev}:")
     for m, v in sampling.items(): print(f"  {m:12s} {v['s_per_step']*1000:8.1f} ms   x{v['relative']:.2f}")
     print("selection, 10,000 masks x 150 classes:")

@@ -8,7 +8,7 @@ the ADS distance, in-distribution (0001TP) against each other source, for each s
 Resumable: finished student runs (runs_dir/dfss-camvid/ROW-sSEED) are skipped. Needs the camvid, idd and bsds roots of
 settings.ini; exits with a message where one is missing.
 """
-import argparse, os, sys, time
+import argparse, os, shlex, sys, time
 from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
@@ -86,6 +86,6 @@ t_metrics = load_json(t_dir/'metrics.json')
 res |= {'teacher': {'dir': t_dir.name, 'arch': p.teacher_arch, 'miou': t_metrics['miou'], 'per_class_iou': t_metrics['per_class_iou']},
         'pool': {x: sum(y == x for y in src) for x in ('camvid_0001TP', 'bsds500', 'idd_lite')}, 'ads_topk_by_source': sel_by_src,
         'separation_auroc': sep, 'wall_s': round(time.time() - t0, 1), 'git': git_commit(),
-        'command': 'python bench/dfss_experiment.py ' + ' '.join(sys.argv[1:])}
+        'command': 'python bench/dfss_experiment.py ' + shlex.join(sys.argv[1:])}
 print(dfss_table(res)); print(f"teacher mIoU {100*t_metrics['miou']:.1f}")
 if a.out: save_json(res, a.out)

@@ -27,7 +27,7 @@ without running. A real allocation failure (CUDA OOM, or a CPU RuntimeError) is 
 Usage:  OMP_NUM_THREADS=1 python bench/gskd_cost.py [--sizes 32,64,128] [--batch 2] [--repeats 3] [--json out.json]
 """
 from __future__ import annotations
-import argparse, gc, json, os, platform, sys, threading, time
+import argparse, gc, json, os, platform, shlex, sys, threading, time
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -212,7 +212,7 @@ def main(argv=None):
     print('\n'.join(table)); print('\n' + note)
     if args.json:
         from segkd_nb.config import git_commit
-        command = 'python bench/gskd_cost.py ' + ' '.join(sys.argv[1:])
+        command = 'python bench/gskd_cost.py ' + shlex.join(sys.argv[1:])
         commit = git_commit()
         md = f"**GSKD cost** (`{command}`, commit `{commit}`, {dev}, {torch.get_num_threads()} threads):\n\n" + '\n'.join(table) + '\n\n' + note
         Path(args.json).write_text(json.dumps({'args': vars(args), 'device': str(dev), 'rows': rows, 'command': command, 'git': commit, 'markdown': md}, indent=1))

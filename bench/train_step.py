@@ -5,7 +5,7 @@
 Prints: student plain-step images/s; the ratio of a KD step's time to a plain step's (teacher forward + KD term);
 and the ratio of data-loader throughput to step throughput (> 1 means the loader is not the bottleneck).
 Absolute times on shared machines are noise: read the ratios. Timings interleave the variants round by round."""
-import argparse, json, sys, time
+import argparse, json, shlex, sys, time
 from pathlib import Path
 import torch
 from segkd_nb.config import get_device, save_json, git_commit, seed_everything
@@ -54,7 +54,7 @@ def main(argv=None):
            'student_images_per_s': round(p.batch_size / med['plain'], 1),
            'kd_step_over_plain_step': round(med['kd'] / med['plain'], 2),
            'loader_over_step_throughput': round(med['plain'] / med['loader'], 2),
-           'command': 'python bench/train_step.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), 'git': git_commit()}
+           'command': 'python bench/train_step.py ' + shlex.join(argv if argv is not None else sys.argv[1:]), 'git': git_commit()}
     print(f"student {p.student_arch} step: {out['student_images_per_s']} images/s  (batch {p.batch_size}, {p.size[0]}x{p.size[1]}, {dev}, {out['threads']} threads)")
     print(f"KD step / plain step: {out['kd_step_over_plain_step']}x  (teacher {p.teacher_arch} forward + KD term)")
     print(f"data-loader / step throughput: {out['loader_over_step_throughput']}x  (> 1: the loader keeps up)")

@@ -11,7 +11,7 @@ Rows (images/s, and the ratio to the plain forward):
 Target (reported, not gated): pl (no TTA) / forward >= 0.9.
 Times are the minimum over rounds in which the rows alternate, on this process's CPU time by default (--clock wall for wall time).
 """
-import argparse, json, os, platform, shutil, sys, tempfile, time
+import argparse, json, os, platform, shlex, shutil, sys, tempfile, time
 from pathlib import Path
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch
@@ -81,7 +81,7 @@ def main(argv=None):
           f"writer end to end: {ratio['writer (no TTA)']:.3f}; TTA costs {1 / ratio['pl (TTA)']:.1f}x")
     res = {'arch': a.arch, 'size': [H, W], 'n': a.n, 'batch': a.batch, 'threads': torch.get_num_threads(), 'torch': torch.__version__,
            'images_per_s': ips, 'ratio': ratio, 'relative_to': base, 'target_no_tta_ratio': 0.9, 'target_met': ok, 'clock': a.clock,
-           'command': 'python bench/unify_throughput.py ' + ' '.join(argv if argv is not None else sys.argv[1:])}
+           'command': 'python bench/unify_throughput.py ' + shlex.join(argv if argv is not None else sys.argv[1:])}
     from segkd_nb.config import git_commit
     res['git'] = git_commit()
     if a.json: Path(a.json).write_text(json.dumps(res, indent=2) + '\n')
