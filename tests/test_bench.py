@@ -35,3 +35,7 @@ def test_d3s2_cost_runs_small(tmp_path):
     import json
     res = json.loads((tmp_path/'c.json').read_text())
     assert res['sampling']['unguided']['relative'] == 1.0 and 'greedy 5%' in res['selection_10000x150']
+
+def test_d3s2_grid_names_the_missing_sets(tmp_path):
+    r = run('d3s2_grid.py', '--preset', 'samples', '--exp-dir', str(tmp_path/'none'), '--out', str(tmp_path/'g.png'))
+    assert r.returncode != 0 and 'not found: run bench/d3s2_experiment.py' in r.stderr and not (tmp_path/'g.png').exists(), r.stderr[-2000:]
