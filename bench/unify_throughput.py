@@ -11,7 +11,7 @@ Rows (images/s, and the ratio to the plain forward):
 Target (reported, not gated): pl (no TTA) / forward >= 0.9.
 Times are the minimum over rounds in which the rows alternate, on this process's CPU time by default (--clock wall for wall time).
 """
-import argparse, json, os, platform, shlex, shutil, sys, tempfile, time
+import argparse, json, os, platform, shlex, shutil, sys, tempfile
 from pathlib import Path
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch
