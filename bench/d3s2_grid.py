@@ -8,19 +8,18 @@ from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt, torch
-from segkd_nb.config import load_settings
-from segkd_nb.d3s2 import load_distilled, show_guidance_grid, _slug
+from segkd_nb.d3s2 import load_distilled, show_guidance_grid, d3s2_exp_dir, d3s2_run_name
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('--preset', default='samples'); ap.add_argument('--budget', default='0.05'); ap.add_argument('--seed', type=int, default=0)
 ap.add_argument('--n', type=int, default=6, help='masks to show'); ap.add_argument('--exp-dir', help='experiment folder (default: runs_dir/d3s2-exp-PRESET)')
 ap.add_argument('--out', required=True, help='PNG to write')
 a = ap.parse_args()
-exp = Path(a.exp_dir) if a.exp_dir else load_settings().path('runs_dir')/f'd3s2-exp-{a.preset}'
+exp = d3s2_exp_dir(a.preset, a.exp_dir)
 rows = {'real': 'balanced real', 'unguided': 'balanced + unguided', 'guided': 'balanced + guided'}
 sets = {}
 for k, row in rows.items():
-    folder = exp/'sets'/f'{_slug(row)}-b{a.budget}-s{a.seed}'
+    folder = exp/'sets'/d3s2_run_name(row, a.budget, a.seed)
     if not folder.is_dir(): sys.exit(f"d3s2_grid: {folder} not found: run bench/d3s2_experiment.py --preset {a.preset} first")
     sets[k] = load_distilled(folder)
 n = min(a.n, len(sets['real']))

@@ -20,7 +20,7 @@ __all__ = ['SELECTIONS', 'D3S2_ROWS', 'class_histograms', 'class_presence', 'lon
            'coverage_report', 'show_coverage', 'masked_class_moments', 'class_feature_moments', 'GuidanceConfig',
            'Guidance', 'show_guidance_grid', 'select_masks', 'distill_dataset', 'teacher_agreement', 'load_distilled',
            'export_distilled_fiftyone', 'guidance_from_spec', 'd3s2_run_dir', 'cmd_d3s2', 'register_cli',
-           'run_d3s2_experiment', 'summarise_d3s2', 'd3s2_table']
+           'd3s2_exp_dir', 'd3s2_run_name', 'run_d3s2_experiment', 'summarise_d3s2', 'd3s2_paired', 'd3s2_table']
 
 # %% ../nbs/12_d3s2.ipynb #6346e1ab
 def _mask_groups(masks, chunk):
@@ -677,6 +677,17 @@ D3S2_ROWS = {'random real': dict(selection='random', synth='real', guidance=None
 
 def _slug(s:str)->str: return s.replace(' + ', '-').replace(' ', '-')
 
+def d3s2_exp_dir(preset:str, # the experiment's preset
+                 out:str|Path=None # an explicit folder
+                )->Path:
+    "The experiment folder: `out`, or `runs_dir/d3s2-exp-<preset>`."
+    from segkd_nb.config import load_settings
+    return Path(out) if out else load_settings().path('runs_dir')/f'd3s2-exp-{preset}'
+
+def d3s2_run_name(row:str, budget, seed:int)->str:
+    "The folder name of one (row, budget, seed): its set under `sets/`, its student under `students/`."
+    return f'{_slug(row)}-b{budget}-s{seed}'
+
 def _l2i_minutes(l2i)->float|None:
     "Training minutes recorded in an l2i checkpoint (None where it predates the recording or is missing)."
     from segkd_nb.l2i import load_l2i
@@ -701,10 +712,10 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
     from segkd_nb.models import build_model
     from segkd_nb.kd import build_terms
     from segkd_nb.data import SegTransform
-    from segkd_nb.config import load_settings, seed_everything
+    from segkd_nb.config import seed_everything
     from segkd_nb.l2i import l2i_run_dir
     p = get_preset(preset); tax = data_taxonomy(p.data)
-    out = Path(out) if out else load_settings().path('runs_dir')/f'd3s2-exp-{preset}'
+    out = d3s2_exp_dir(preset, out)
     train_src = load_split(p.data, 'train', size=None, augment=False)
     val = load_split(p.data, 'val', p.size)
     size = None if tuple(p.size) == tuple(train_src[0]['mask'].shape) else p.size
@@ -725,11 +736,11 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
         for b in budgets:
             for row in [r for r in rows if r != 'full']:
                 spec = D3S2_ROWS[row]
-                folder = out/'sets'/f'{_slug(row)}-b{b}-s{seed}'
+                folder = out/'sets'/d3s2_run_name(row, b, seed)
                 prov = distill_dataset(train_src, b, folder, selection=spec['selection'], synth=spec['synth'], seed=seed, steps=sample_steps, size=size,
                                        l2i=l2i if spec['synth'] == 'l2i' else None, guidance=gcfg if spec['guidance'] else None,
                                        segmenter=teacher, tax=tax, progress=False)
-                r = student(f'{_slug(row)}-b{b}-s{seed}', load_distilled(folder, transform=SegTransform(p.size, train=True)), seed)
+                r = student(d3s2_run_name(row, b, seed), load_distilled(folder, transform=SegTransform(p.size, train=True)), seed)
                 runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'],
                              'per_class_iou': r['per_class_iou'], 'teacher_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
     res = {'preset': preset, 'data': p.data, 'student': f'{p.student_arch} (width {p.student_width})', 'student_steps': steps,
@@ -753,17 +764,23 @@ def summarise_d3s2(runs:list)->dict:
             'miou_std': float(m.std(ddof=1)) if len(m) > 1 else 0.0, 'teacher_agreement_mean': float(np.mean(ta)) if ta else None}
     return out
 
+def d3s2_paired(res:dict, # from `run_d3s2_experiment` (or its results JSON)
+                row:str, ref:str, # the row, and the row it is compared with
+                budget # the budget both are taken at
+               )->str:
+    "'+m ± s': the paired difference in mIoU points of `row` from `ref` at `budget`, over the seeds both have."
+    by = lambda name: {r['seed']: r['miou'] for r in res['runs'] if r['row'] == name and r['budget'] == budget}
+    return paired_diff(by(row), by(ref))
+
 def d3s2_table(res:dict # from `run_d3s2_experiment` (or its results JSON)
               )->str:
     "A markdown table: mean ± std mIoU per row and budget, the paired difference from the random real subset of the same budget, and the teacher's agreement with the training images."
     rows = ['| row | budget | images | mIoU (mean ± std) | Δ vs random real (paired) | teacher agreement |', '|---|---:|---:|---:|---:|---:|']
     n_img = {(r['row'], r['budget']): r.get('n_images', '') for r in res['runs']}
-    miou = {(r['row'], r['budget'], r['seed']): r['miou'] for r in res['runs']}
     for k, v in res['summary'].items():
         ta = f"{100*v['teacher_agreement_mean']:.1f}" if v['teacher_agreement_mean'] is not None else '-'
         ni = 'all' if v['budget'] is None else (n_img.get((v['row'], v['budget'])) or '-')
-        seeds = lambda row: {s: m for (r, b, s), m in miou.items() if r == row and b == v['budget']}
-        dd = '-' if v['row'] == 'random real' else paired_diff(seeds(v['row']), seeds('random real'))
+        dd = '-' if v['row'] == 'random real' else d3s2_paired(res, v['row'], 'random real', v['budget'])
         rows.append(f"| {v['row']} | {v['budget'] if v['budget'] is not None else 'all'} | {ni} | "
                     f"{100*v['miou_mean']:.1f} ± {100*v['miou_std']:.1f} (n={v['n_seeds']}) | {dd} | {ta} |")
     return '\n'.join(rows)
