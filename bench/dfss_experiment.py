@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 from segkd_nb.config import load_settings, save_json, load_json, git_commit
 from segkd_nb.data import PoolDataset, collate_skip, image_pool
-from segkd_nb.runs import get_preset, cached_teacher, load_split, data_taxonomy, CAMVID_HOLDOUT
+from segkd_nb.runs import get_preset, cached_teacher
+from segkd_nb.datasets import load_split, data_taxonomy, CAMVID_HOLDOUT
 from segkd_nb.train import TrainConfig
 from segkd_nb.dfss import (pool_paths, moment_distances, image_moments, ads_greedy, ads_select, auroc, dfss_experiment, dfss_table, DFSS_ROWS, _NORMS)
 

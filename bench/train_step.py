@@ -9,7 +9,8 @@ import argparse, json, shlex, sys, time
 from pathlib import Path
 import torch
 from segkd_nb.config import get_device, save_json, git_commit, seed_everything
-from segkd_nb.runs import get_preset, load_split, data_taxonomy
+from segkd_nb.runs import get_preset
+from segkd_nb.datasets import load_split, data_taxonomy
 from segkd_nb.models import build_model
 from segkd_nb.kd import build_terms
 from segkd_nb.train import Trainer, TrainConfig

@@ -131,14 +131,15 @@ def cmd_data_generate(a):
     generate_samples(out, seed=a.seed); print(f"wrote {out}")
 
 def cmd_data_check(a):
-    from segkd_nb.runs import load_split
+    from segkd_nb.datasets import load_split
     splits = ['train', 'val'] if a.split == 'all' else [a.split]
     for s in splits:
         ds = load_split(a.data, 'all' if s == 'train' and a.split == 'all' else s, cache=False)
         print(f"{a.data}/{s}: {ds.check()} items OK ({ds.tax.name}, {ds.tax.n} classes)")
 
 def cmd_train(a):
-    from segkd_nb.runs import run_training, load_split, data_taxonomy
+    from segkd_nb.runs import run_training
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import build_model
     from segkd_nb.kd import build_terms
     p = _preset(a); tax = data_taxonomy(p.data)
@@ -150,7 +151,8 @@ def cmd_train(a):
     print(f"{run}: mIoU {100*res['miou']:.1f}")
 
 def cmd_distill(a):
-    from segkd_nb.runs import run_training, load_split, data_taxonomy, cached_teacher
+    from segkd_nb.runs import run_training, cached_teacher
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import build_model, load_checkpoint
     from segkd_nb.kd import build_terms
     from segkd_nb.config import seed_everything
@@ -186,7 +188,7 @@ def cmd_ablate(a):
     print(ablation_table(s['summary'], a.ref))
 
 def cmd_eval(a):
-    from segkd_nb.runs import load_split, data_taxonomy
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import load_checkpoint
     from segkd_nb.train import evaluate
     from segkd_nb.metrics import per_class_table
@@ -197,7 +199,8 @@ def cmd_eval(a):
     print(json.dumps({'miou': res['miou'], 'pixel_acc': res['pixel_acc']}))
 
 def cmd_fo_export(a):
-    from segkd_nb.runs import load_split, data_taxonomy, _pred_masks
+    from segkd_nb.runs import _pred_masks
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import load_checkpoint
     from segkd_nb.fo import export_segmentation
     p = _preset(a); tax = data_taxonomy(p.data)

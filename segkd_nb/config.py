@@ -22,6 +22,9 @@ class Settings:
     idd_root: str = '../shared/real/idd_lite'  # IDD-Lite root (train/, val/)
     bsds_root: str = '../shared/real/bsds500_ood'  # BSDS500 photos (images/)
     cityscapes_root: str = ''  # Cityscapes root (leftImg8bit/, gtFine/), optional
+    ade20k_root: str = ''  # ADEChallengeData2016 root (images/, annotations/), optional
+    voc_root: str = ''  # Pascal VOC 2012 root (VOCdevkit/VOC2012 or a folder holding it; SBD beside it), optional
+    coco_stuff_root: str = ''  # COCO-Stuff-164k root (images/, annotations/), optional
     data_samples: str = 'data_samples'  # the embedded default dataset
     runs_dir: str = 'runs'  # one sub-folder per run
     cache_dir: str = 'runs/cache'  # cached teachers, keyed by config hash
@@ -39,7 +42,7 @@ class Settings:
         return p if p.is_absolute() else (Path(self.root)/p).resolve()
 
 # %% ../nbs/00_config.ipynb #e883aacd
-_PATH_KEYS = ('camvid_root','idd_root','bsds_root','cityscapes_root','data_samples','runs_dir','cache_dir','fiftyone_db_dir')
+_PATH_KEYS = ('camvid_root','idd_root','bsds_root','cityscapes_root','ade20k_root','voc_root','coco_stuff_root','data_samples','runs_dir','cache_dir','fiftyone_db_dir')
 _CHOICES = dict(device=('auto','cpu','cuda'), precision=('auto','fp32','bf16','fp16'))
 
 def find_settings(start:str|Path|None=None # folder to search upwards from (default: cwd)

@@ -612,7 +612,8 @@ def d3s2_run_dir(data:str, selection:str, synth:str, guidance:str, budget, seed:
 
 def cmd_d3s2(a):
     "`segkd d3s2`"
-    from segkd_nb.runs import load_split, data_taxonomy, get_preset, cached_teacher
+    from segkd_nb.runs import get_preset, cached_teacher
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import load_checkpoint
     from segkd_nb.l2i import l2i_run_dir
     p = get_preset(a.preset, data=a.data, size=a.size); tax = data_taxonomy(p.data)
@@ -707,7 +708,8 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
                         results:str|Path=None # also write the results JSON here
                        )->dict:
     "Distil and train students for every (budget, seed, row); returns per-row mean and std mIoU on real val."
-    from segkd_nb.runs import get_preset, load_split, data_taxonomy, cached_teacher, run_training
+    from segkd_nb.runs import get_preset, cached_teacher, run_training
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.train import TrainConfig
     from segkd_nb.models import build_model
     from segkd_nb.kd import build_terms

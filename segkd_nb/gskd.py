@@ -9,40 +9,13 @@ from typing import NamedTuple
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from .data import IGNORE, show_mask
+from .kd import grid_size, to_grid, downsample_targets
 
 # %% auto #0
-__all__ = ['grid_size', 'to_grid', 'downsample_targets', 'CBSPoints', 'cbs_sample', 'point_xy', 'sort_points', 'show_cbs', 'gssm',
-           'point_features', 'show_gssm', 'gssm_figure', 'sid_perm', 'sid_descriptors', 'show_sid', 'descriptor_kl',
-           'gskd_points_loss', 'gskd_loss', 'ProjectionHead', 'GSKDTerm', 'gskd_term', 'point_gssm', 'checkpoint_gssms',
-           'structural_gap', 'gskd_snapshots', 'show_gap', 'gssm_slider']
-
-# %% ../nbs/10_gskd.ipynb #e1868a78
-def grid_size(f_s:torch.Tensor, # [B,Ds,hs,ws] student features
-              f_t:torch.Tensor, # [B,Dt,ht,wt] teacher features
-              grid='teacher' # 'teacher' | 'student' | an explicit (h, w)
-             )->tuple:
-    "The (h, w) both feature maps are resampled to."
-    if grid == 'teacher': return tuple(f_t.shape[-2:])
-    if grid == 'student': return tuple(f_s.shape[-2:])
-    if isinstance(grid, (tuple, list)) and len(grid) == 2: return tuple(int(v) for v in grid)
-    raise ValueError(f"grid must be 'teacher', 'student' or an (h, w) pair, got {grid!r}")
-
-def to_grid(f:torch.Tensor, # [B,D,h,w] features
-            size:tuple # (h, w) target grid
-           )->torch.Tensor:
-    "Bilinear resampling of a feature map (a no-op when it is already on the grid)."
-    if tuple(f.shape[-2:]) == tuple(size): return f
-    return F.interpolate(f, size=size, mode='bilinear', align_corners=False)  # [B,D,h,w]
-
-def downsample_targets(mask:torch.Tensor, # [B,H,W] int labels, 255 = ignore
-                       size:tuple, # (h, w) feature grid
-                       t_logits:torch.Tensor=None # [B,K,H',W'] teacher logits, or None
-                      )->tuple:
-    "Ground truth (nearest) and teacher argmax (bilinear logits) on the feature grid: `(mask_small, pred_small)`."
-    mask_small = F.interpolate(mask[:, None].float(), size=size, mode='nearest')[:, 0].long()  # [B,h,w]
-    if t_logits is None: return mask_small, None
-    pred_small = to_grid(t_logits.detach().float(), size).argmax(1)  # [B,h,w]
-    return mask_small, pred_small
+__all__ = ['CBSPoints', 'cbs_sample', 'point_xy', 'sort_points', 'show_cbs', 'gssm', 'point_features', 'show_gssm', 'gssm_figure',
+           'sid_perm', 'sid_descriptors', 'show_sid', 'descriptor_kl', 'gskd_points_loss', 'gskd_loss',
+           'ProjectionHead', 'GSKDTerm', 'gskd_term', 'point_gssm', 'checkpoint_gssms', 'structural_gap',
+           'gskd_snapshots', 'show_gap', 'gssm_slider']
 
 # %% ../nbs/10_gskd.ipynb #05d18df0
 class CBSPoints(NamedTuple):

@@ -4,12 +4,13 @@
 
 # %% ../nbs/05_kd.ipynb #163c696f
 from __future__ import annotations
-import re
+import inspect
 import torch, torch.nn as nn, torch.nn.functional as F
 from .train import LossTerm, CETerm
 
 # %% auto #0
-__all__ = ['TERMS', 'DEFAULT_WEIGHTS', 'pixel_kd', 'KDTerm', 'cwd_loss', 'CWDTerm', 'register_term', 'build_terms']
+__all__ = ['TERMS', 'pixel_kd', 'KDTerm', 'cwd_loss', 'CWDTerm', 'grid_size', 'to_grid', 'downsample_targets', 'register_term',
+           'parse_loss', 'build_terms']
 
 # %% ../nbs/05_kd.ipynb #ccb9f6a6
 def pixel_kd(s_logits:torch.Tensor, # [B,K,H,W] student logits
@@ -28,6 +29,7 @@ def pixel_kd(s_logits:torch.Tensor, # [B,K,H,W] student logits
     v = valid.float()
     return tau**2 * (kl * v).sum((1, 2)) / v.sum((1, 2)).clamp(min=1)  # [B]
 
+# %% ../nbs/05_kd.ipynb #8fa5178b
 class KDTerm(LossTerm):
     "Pixel-wise KD with temperature `tau`."
     needs = ('teacher',)
@@ -49,48 +51,107 @@ def cwd_loss(s:torch.Tensor, # [B,C,H,W] student logits or features
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # [B,C]
     return tau**2 * kl.mean()
 
+# %% ../nbs/05_kd.ipynb #bd15a531
 class CWDTerm(LossTerm):
     "Channel-wise distillation on the logits."
     needs = ('teacher',)
     def __init__(self, tau:float=4.0): super().__init__(); self.tau = tau
     def forward(self, ctx): return cwd_loss(ctx['s']['logits'], ctx['t']['logits'], self.tau)
 
+# %% ../nbs/05_kd.ipynb #e1868a78
+def grid_size(f_s:torch.Tensor, # [B,Ds,hs,ws] student features
+              f_t:torch.Tensor, # [B,Dt,ht,wt] teacher features
+              grid='teacher' # 'teacher' | 'student' | an explicit (h, w)
+             )->tuple:
+    "The (h, w) both feature maps are resampled to."
+    if grid == 'teacher': return tuple(f_t.shape[-2:])
+    if grid == 'student': return tuple(f_s.shape[-2:])
+    if isinstance(grid, (tuple, list)) and len(grid) == 2: return tuple(int(v) for v in grid)
+    raise ValueError(f"grid must be 'teacher', 'student' or an (h, w) pair, got {grid!r}")
+
+# %% ../nbs/05_kd.ipynb #44266a68
+def to_grid(f:torch.Tensor, # [B,D,h,w] features
+            size:tuple # (h, w) target grid
+           )->torch.Tensor:
+    "Bilinear resampling of a feature map (a no-op when it is already on the grid)."
+    if tuple(f.shape[-2:]) == tuple(size): return f
+    return F.interpolate(f, size=size, mode='bilinear', align_corners=False)  # [B,D,h,w]
+
+# %% ../nbs/05_kd.ipynb #9ab8d57f
+def downsample_targets(mask:torch.Tensor, # [B,H,W] int labels, 255 = ignore
+                       size:tuple, # (h, w) feature grid
+                       t_logits:torch.Tensor=None # [B,K,H',W'] teacher logits, or None
+                      )->tuple:
+    "Ground truth (at each cell's centre) and teacher argmax (bilinear logits) on the feature grid: `(mask_small, pred_small)`."
+    mask_small = F.interpolate(mask[:, None].float(), size=size, mode='nearest-exact')[:, 0].long()  # [B,h,w] label at each cell's centre
+    if t_logits is None: return mask_small, None
+    pred_small = to_grid(t_logits.detach().float(), size).argmax(1)  # [B,h,w]
+    return mask_small, pred_small
+
 # %% ../nbs/05_kd.ipynb #85dd7249
-TERMS = {}
+TERMS = {}  # name -> (factory, default weight)
 
-def register_term(name:str, # the name used in specs (`kd+NAME`)
-                  factory # callable(student, teacher, **opts) -> LossTerm
+def register_term(name:str, # the name used in loss specs
+                  factory, # callable(student, teacher, **opts) -> LossTerm
+                  weight:float=1.0 # default weight
                  ):
-    "Make a loss term available to `build_terms` and the CLI."
-    TERMS[name] = factory; return factory
+    "Make a loss term available to `build_terms` and the command line."
+    TERMS[name] = (factory, float(weight)); return factory
 
-register_term('ce', lambda student=None, teacher=None, **kw: CETerm(**kw))
-register_term('kd', lambda student=None, teacher=None, tau=1.0, **kw: KDTerm(tau))
-register_term('cwd', lambda student=None, teacher=None, tau=4.0, **kw: CWDTerm(tau))
+# %% ../nbs/05_kd.ipynb #1d5f27dd
+register_term('ce', lambda student=None, teacher=None, label_smoothing=0.0: CETerm(label_smoothing=label_smoothing))
+register_term('kd', lambda student=None, teacher=None, tau=1.0: KDTerm(tau))
+register_term('cwd', lambda student=None, teacher=None, tau=4.0: CWDTerm(tau), weight=3.0)
 
-DEFAULT_WEIGHTS = {'ce': 1.0, 'kd': 1.0, 'cwd': 3.0}
+# %% ../nbs/05_kd.ipynb #2e09118b
+def _cast(v:str):
+    "'4' -> 4, '0.5' -> 0.5, 'true' -> True, anything else stays a string."
+    if v.lower() in ('true', 'false'): return v.lower() == 'true'
+    for f in (int, float):
+        try: return f(v)
+        except ValueError: pass
+    return v
 
-def _load_plugins():
-    "Import the method modules so that their terms register themselves."
-    import importlib
-    for m in ('segkd_nb.gskd', 'segkd_nb.dfss'):
-        try: importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m: raise
+# %% ../nbs/05_kd.ipynb #1bec7b21
+def parse_loss(spec:str # e.g. 'kd:tau=4+gskd:w=5,n_per_class=8'
+              )->list:
+    "`[(term, {option: value}), ...]` of a loss spec."
+    out = []
+    for part in (p.strip() for p in (spec or '').split('+')):
+        if not part: continue
+        name, _, rest = part.partition(':')
+        opts = {}
+        for kv in (x.strip() for x in rest.split(',') if x.strip()):
+            k, eq, v = kv.partition('=')
+            if not eq or not k.strip() or not v.strip(): raise ValueError(f"loss spec {spec!r}: option {kv!r} must look like NAME=VALUE")
+            opts[k.strip()] = _cast(v.strip())
+        out.append((name.strip(), opts))
+    return out
 
-def build_terms(spec:str, # '+'-joined term names, e.g. 'kd+cwd'
+# %% ../nbs/05_kd.ipynb #7c984f0c
+def _check_opts(name:str, factory, opts:dict):
+    "Raise when `opts` holds an option the factory of term `name` does not take."
+    ps = inspect.signature(factory).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return
+    known = [p for p in ps if p not in ('student', 'teacher')]
+    bad = sorted(set(opts) - set(known))
+    if bad: raise ValueError(f"loss term {name!r}: unknown options {bad}; known: {known + ['w']}")
+
+# %% ../nbs/05_kd.ipynb #afab0110
+def build_terms(spec:str, # a loss spec, e.g. 'kd:tau=4+gskd:w=5'
                 student=None, teacher=None, # the models (some terms need their shapes)
-                weights:dict=None, # name -> weight (default: DEFAULT_WEIGHTS, then 1)
-                opts:dict=None, # name -> keyword options for its factory
-                ce:float=0.0 # add a cross-entropy term with this weight (0: none)
+                ce:float=0.0 # add a cross-entropy term with this weight (0: none) unless the spec has one
                )->dict:
-    "Build `{name: (weight, term)}` from a spec."
-    _load_plugins()
-    names = [n for n in re.split(r'\s*\+\s*', spec.strip()) if n] if spec else []
+    "Build `{name: (weight, term)}` from a loss spec."
+    parsed = parse_loss(spec)
+    names = [n for n, _ in parsed]
     unknown = [n for n in names if n not in TERMS]
-    if unknown: raise ValueError(f"unknown loss terms {unknown}; known: {sorted(TERMS)}")
+    if unknown: raise ValueError(f"unknown loss terms {unknown}; known: {sorted(TERMS)} (a method's terms register when its module is imported, e.g. `import segkd_nb.gskd`)")
     if len(set(names)) != len(names): raise ValueError(f"a term appears twice in {spec!r}")
-    weights, opts = {**DEFAULT_WEIGHTS, **(weights or {})}, opts or {}
-    out = {'ce': (ce, TERMS['ce'](student, teacher, **opts.get('ce', {})))} if ce and 'ce' not in names else {}
-    for n in names: out[n] = (weights.get(n, 1.0), TERMS[n](student, teacher, **opts.get(n, {})))
+    out = {'ce': (ce, TERMS['ce'][0](student, teacher))} if ce and 'ce' not in names else {}
+    for n, o in parsed:
+        factory, w = TERMS[n]
+        o = dict(o); w = float(o.pop('w', w))
+        _check_opts(n, factory, o)
+        out[n] = (w, factory(student, teacher, **o))
     return out

@@ -422,7 +422,7 @@ def l2i_run_dir(data:str, out:str=None)->Path:
 
 def cmd_l2i_train(a):
     "`segkd l2i train`"
-    from segkd_nb.runs import load_split, data_taxonomy
+    from segkd_nb.datasets import load_split, data_taxonomy
     ds, tax = load_split(a.data, 'train', size=None, augment=False), data_taxonomy(a.data)
     cfg = L2IConfig(num_classes=tax.n, size=a.size or DEFAULT_L2I_SIZE.get(a.data, (48, 64)), channels=a.channels, batch_size=a.batch_size,
                     lr=a.lr, seed=a.seed, ckpt_every=a.ckpt_every, prediction=a.prediction)
@@ -432,7 +432,8 @@ def cmd_l2i_train(a):
 
 def cmd_l2i_sample(a):
     "`segkd l2i sample`"
-    from segkd_nb.runs import load_split, data_taxonomy, command_line
+    from segkd_nb.runs import command_line
+    from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import load_checkpoint
     from segkd_nb.config import git_commit
     if a.json and not a.segmenter: raise SystemExit("--json records mask following: give --segmenter too")

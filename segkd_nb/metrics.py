@@ -8,10 +8,11 @@ import numpy as np, torch
 import torch.distributed as dist
 import matplotlib.pyplot as plt
 from .data import IGNORE
+from .datasets import load_split
 
 # %% auto #0
 __all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_diff', 'location_prior', 'colour_lut',
-           'colour_predict']
+           'colour_predict', 'location_prior_miou']
 
 # %% ../nbs/03_metrics.ipynb #6961780b
 class ConfusionMatrix:
@@ -126,3 +127,15 @@ def _quantise(images, bins):
 def colour_predict(lut:torch.Tensor, images:torch.Tensor, bins:int=16)->torch.Tensor:
     "Apply a colour lookup table to [N,3,H,W] images -> [N,H,W] class ids."
     return lut[_quantise(images, bins)]
+
+# %% ../nbs/03_metrics.ipynb #4845be8e
+def location_prior_miou(name:str, # dataset name
+                        size:tuple, # (H, W) resolution of the comparison
+                        train_split:str='all' # the split the prior is counted on
+                       )->float:
+    "Val mIoU of the per-pixel location prior of a dataset."
+    tr, va = load_split(name, train_split, size, augment=False), load_split(name, 'val', size)
+    prior = location_prior(torch.stack([tr[i]['mask'] for i in range(len(tr))]), tr.tax.n)  # [H,W]
+    cm = ConfusionMatrix(tr.tax.n)
+    for i in range(len(va)): cm.update(prior[None], va[i]['mask'][None])
+    return cm.miou()

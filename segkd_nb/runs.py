@@ -13,67 +13,17 @@ import matplotlib.pyplot as plt
 from .config import load_settings, save_json, load_json, git_commit, config_hash, seed_everything, get_device
 from .data import (Taxonomy, SegDataset, DataError, folder_pairs, camvid_taxonomy, idd_lite_taxonomy, SegTransform,
                            show_image, show_mask, show_legend)
+from .datasets import data_root, data_taxonomy, load_split, CAMVID_HOLDOUT
+from .metrics import location_prior_miou
 from .models import build_model, load_checkpoint, SegNet
 from .metrics import per_class_table
 from .train import Trainer, TrainConfig, evaluate, predict, show_history
 from .kd import build_terms
 
 # %% auto #0
-__all__ = ['CAMVID_HOLDOUT', 'PRESETS', 'data_root', 'data_taxonomy', 'load_split', 'location_prior_miou', 'Preset', 'get_preset',
-           'command_line', 'run_done', 'run_training', 'teacher_config', 'cached_teacher', 'camvid_check',
-           'show_predictions', 'run_demo', 'parse_row', 'summarise', 'ablation_table', 'ablate', 'ablation_report']
-
-# %% ../nbs/07_runs.ipynb #f32db703
-def data_root(name:str # 'samples', 'camvid', 'idd' or a folder
-             )->Path:
-    "The folder behind a dataset name."
-    s = load_settings()
-    key = {'samples': 'data_samples', 'camvid': 'camvid_root', 'idd': 'idd_root'}.get(name)
-    p = s.path(key) if key else Path(name)
-    if p is None or not p.exists(): raise DataError(f"dataset {name!r}: folder {p} not found" + (f" (set {key} in settings.ini or SEGKD_{key.upper()})" if key else ''))
-    return p
-
-def data_taxonomy(name:str)->Taxonomy:
-    "The taxonomy of a named dataset (or of a folder's taxonomy.json)."
-    if name == 'camvid': return camvid_taxonomy()
-    if name == 'idd': return idd_lite_taxonomy()
-    f = data_root(name)/'taxonomy.json'
-    if not f.exists(): raise DataError(f"{data_root(name)}: no taxonomy.json")
-    return Taxonomy.load(f)
-
-CAMVID_HOLDOUT = '0001TP'
-
-def load_split(name:str, # dataset name or folder
-               split:str='train', # train | holdout | val | all (train + holdout)
-               size:tuple=None, # (H, W) resize/crop size (None: native)
-               augment:bool=None, # training augmentation (default: for train/all)
-               cache:bool=True # keep decoded images in memory
-              )->SegDataset:
-    "A split of a named dataset, with transforms."
-    root, tax = data_root(name), data_taxonomy(name)
-    augment = split in ('train', 'all') if augment is None else augment
-    tf = SegTransform(size, train=augment) if size else None
-    if split == 'val': return folder_pairs(root/'val', tax, transform=tf, cache=cache)
-    if split not in ('train', 'holdout', 'all'): raise ValueError(f"unknown split {split!r}")
-    ds = folder_pairs(root/'train', tax, transform=tf, cache=cache)
-    if split == 'all': return ds
-    if name == 'camvid': hold = [i for i, k in enumerate(ds.ids) if k.startswith(CAMVID_HOLDOUT)]
-    else: hold = list(range(int(len(ds) * 0.8), len(ds)))
-    keep = hold if split == 'holdout' else sorted(set(range(len(ds))) - set(hold))
-    return ds.subset(keep, name=f'{name}/{split}')
-
-# %% ../nbs/07_runs.ipynb #4845be8e
-def location_prior_miou(name:str, # dataset name
-                        size:tuple, # (H, W) resolution of the comparison
-                        train_split:str='all' # the split the prior is counted on
-                       )->float:
-    "Val mIoU of the per-pixel location prior of a dataset."
-    from segkd_nb.metrics import ConfusionMatrix, location_prior
-    tr, va = load_split(name, train_split, size, augment=False), load_split(name, 'val', size)
-    prior = location_prior(torch.stack([tr[i]['mask'] for i in range(len(tr))]), tr.tax.n)  # [H,W]
-    cm = ConfusionMatrix(tr.tax.n)
-    for i in range(len(va)): cm.update(prior[None], va[i]['mask'][None])
-    return cm.miou()
+__all__ = ['PRESETS', 'Preset', 'get_preset', 'command_line', 'run_done', 'run_training', 'teacher_config', 'cached_teacher',
+           'camvid_check', 'show_predictions', 'run_demo', 'parse_row', 'summarise', 'ablation_table', 'ablate',
+           'ablation_report']
 
 # %% ../nbs/07_runs.ipynb #75be7b51
 @dataclass

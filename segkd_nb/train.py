@@ -185,7 +185,7 @@ def _train_step(self:Trainer, batch:dict)->dict:
     cfg, dev = self.cfg, self.device
     img = batch['image'].to(dev, non_blocking=True)
     if cfg.channels_last: img = img.contiguous(memory_format=torch.channels_last)
-    mask = batch['mask'].to(dev) if ('mask' in batch and 'labels' in self.needs) else None
+    mask = batch['mask'].to(dev) if 'mask' in batch else None  # [B,H,W]; every term may use it to skip ignore pixels
     if 'labels' in self.needs and mask is None: raise ValueError("a loss term needs labels but the batch has none (data-free data?)")
     t_out = None
     if self.teacher is not None:

@@ -858,14 +858,14 @@ def unify_samples_experiment(out_dir:str|Path, cfg:UnifyConfig=None, # defaults:
 
 def unify_camvid_coarse_experiment(out_dir:str|Path, cfg:UnifyConfig=None)->dict:
     "CamVid teacher (all train sequences but 0001TP); 0001TP coarsened to 5 classes is the second dataset."
-    from segkd_nb.runs import load_split
+    from segkd_nb.datasets import load_split
     cm = camvid_coarse_mapping(); val = load_split('camvid', 'val', augment=False)
     return unify_experiment(out_dir, cfg or UnifyConfig(size=(120, 160), base_size=(120, 160)), load_split('camvid', 'train', augment=False),
                             coarsened(load_split('camvid', 'holdout', augment=False), cm), cm, val, coarsened(val, cm), name='camvid_coarse')
 
 def unify_camvid_idd_experiment(out_dir:str|Path, cfg:UnifyConfig=None)->dict:
     "CamVid-11 teacher; IDD-Lite train (7 classes) pseudo-labelled; scored on CamVid val and IDD-Lite val (lenient and strict)."
-    from segkd_nb.runs import load_split
+    from segkd_nb.datasets import load_split
     m = TaxonomyMapping(camvid_taxonomy(), idd_lite_taxonomy(), CAMVID_TO_IDD)
     cfg = cfg or UnifyConfig(size=(120, 160), base_size=(120, 160))
     return unify_experiment(out_dir, cfg, load_split('camvid', 'all', augment=False), load_split('idd', 'all', augment=False), m,

@@ -331,7 +331,7 @@ def test_cli_end_to_end(tmp_path, monkeypatch):
     main(['l2i', 'train', '--data', str(data), '--size', '16x24', '--channels', '8,16,16', '--steps', '2', '--batch-size', '2'])
     assert (tmp_path/'runs'/'l2i-toydata'/'l2i.pt').exists()
     main(['d3s2', '--data', str(data), '--size', '32x48', '--budget', '0.25', '--synth', 'real', '--out', str(tmp_path/'real')])
-    from segkd_nb.runs import load_split
+    from segkd_nb.datasets import load_split
     assert len(load_distilled(tmp_path/'real')) == round(0.25 * len(load_split(str(data), 'train')))  # of the train split (holdout excluded)
     # guided synthesis with the l2i model just trained and a teacher checkpoint
     from segkd_nb.models import save_checkpoint

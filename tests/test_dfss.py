@@ -343,7 +343,7 @@ def test_dfss_experiment_smoke(tmp_path, monkeypatch):
     calls, real = [], dfss.score_pool
     monkeypatch.setattr(dfss, 'score_pool', lambda *a, **kw: calls.append(1) or real(*a, **kw))
     from segkd_nb.models import build_model
-    from segkd_nb.runs import load_split
+    from segkd_nb.datasets import load_split
     from segkd_nb.train import TrainConfig
     val = load_split('samples', 'val', (24, 32)).subset([0, 1, 2])
     pool, orig = write_pool(tmp_path/'pool', 4, 4), write_pool(tmp_path/'orig', 3, 0, seed=1)
