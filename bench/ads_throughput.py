@@ -18,7 +18,7 @@ import argparse, json, os, resource, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 from torch.utils.data import DataLoader
-from segkd_nb.config import get_device, save_json, git_commit, seed_everything, load_settings
+from segkd_nb.config import get_device, seed_everything, load_settings, save_result, command_line
 from segkd_nb.data import PoolDataset, collate_skip, image_pool
 from segkd_nb.models import build_model
 from segkd_nb.dfss import ads_scores, image_moments, set_bn_stats, bn_layers
@@ -120,8 +120,8 @@ def main(argv=None):
     out = {'preset': a.preset, 'device': str(dev), 'threads': torch.get_num_threads(), 'teacher': p.teacher_arch, 'size': list(p.size),
            'batch_size': a.batch_size, 'images': a.images, 'rounds': a.rounds, 'images_per_s': ips, 'ratio_to_forward': ratio,
            'target_ratio': 0.9, 'target_met': ratio['ads'] >= 0.9, 'memory': mem, 'peak_growth_1x_to_10x_mb': growth,
-           'command': 'python bench/ads_throughput.py ' + shlex.join(argv if argv is not None else sys.argv[1:]), 'git': git_commit()}
-    if a.out: save_json(out, a.out); print(f"wrote {a.out}")
+           }
+    if a.out: save_result(out, a.out, command=command_line([__file__, *(argv if argv is not None else sys.argv[1:])])); print(f"wrote {a.out}")
     return out
 
 if __name__ == '__main__': main()

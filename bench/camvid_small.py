@@ -3,12 +3,11 @@
     python bench/camvid_small.py --out results/camvid_small.json
 """
 import argparse, shlex, sys
-from segkd_nb.config import load_settings, save_json, git_commit
+from segkd_nb.config import load_settings, save_result
 from segkd_nb.runs import camvid_check
 
 ap = argparse.ArgumentParser(); ap.add_argument('--steps', type=int, default=700); ap.add_argument('--out', default=None)
 a = ap.parse_args()
 r = camvid_check(load_settings().path('runs_dir')/'camvid_small', steps=a.steps)
-r |= {'command': 'python bench/camvid_small.py ' + shlex.join(sys.argv[1:]), 'git': git_commit()}
 print(f"location prior {100*r['prior_miou']:.1f} mIoU; {r['arch']} {100*r['miou']:.1f} mIoU ({r['wall_s']:.0f} s)")
-if a.out: save_json(r, a.out)
+if a.out: save_result(r, a.out)

@@ -18,7 +18,7 @@ random 96x128 masks. Reported, not gated. Absolute times on shared machines are 
 import argparse, json, os, shlex, sys, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np, torch
-from segkd_nb.config import get_device, save_json, git_commit, seed_everything
+from segkd_nb.config import get_device, save_result, seed_everything
 from segkd_nb.models import build_model
 from segkd_nb.l2i import L2I, L2IConfig, sample_l2i
 from segkd_nb.d3s2 import (Guidance, GuidanceConfig, longtail_presence, greedy_balanced_select, rarest_first_select, random_select,
@@ -64,12 +64,12 @@ def main(argv=None):
 
     res = {'device': str(dev), 'threads': torch.get_num_threads(), 'batch': a.batch, 'size': list(a.size), 'model_size': list(model.cfg.size),
            'steps': a.steps, 'rounds': a.rounds, 'clock': 'wall (cuda sync)' if dev.type == 'cuda' else 'process CPU time',
-           'sampling': sampling, 'selection_10000x150': sel, 'git': git_commit(), 'command': 'python bench/d3s2_cost.py ' + shlex.join(sys.argv[1:])}
+           'sampling': sampling, 'selection_10000x150': sel}
     print(f"one DDIM step, batch {a.batch}, masks {a.size[0]}x{a.size[1]} (model {model.cfg.size[0]}x{model.cfg.size[1]}), {res['clock']} on {dev}:")
     for m, v in sampling.items(): print(f"  {m:12s} {v['s_per_step']*1000:8.1f} ms   x{v['relative']:.2f}")
     print("selection, 10,000 masks x 150 classes:")
     for m, v in sel.items(): print(f"  {m:34s} {v['seconds']:.2f} s")
-    if a.out: save_json(res, a.out)
+    if a.out: save_result(res, a.out)
     return res
 
 if __name__ == '__main__': main()

@@ -12,7 +12,8 @@ Stages, each resumable and skipped when finished (run them separately to time th
 """
 import argparse, json, os, shlex, sys, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-from segkd_nb.d3s2 import run_d3s2_experiment, d3s2_table, D3S2_ROWS, GuidanceConfig
+from segkd_nb.d3s2 import GuidanceConfig
+from segkd_nb.experiments.d3s2 import run_d3s2_experiment, d3s2_table, D3S2_ROWS
 
 def _list(s, f): return tuple(f(v) for v in s.split(','))
 
@@ -28,7 +29,7 @@ t0 = time.time()
 res = run_d3s2_experiment(a.preset, budgets=_list(a.budgets, lambda v: float(v) if '.' in v else int(v)), seeds=_list(a.seeds, int),
                           rows=_list(a.rows, str), l2i=a.l2i, student_steps=a.student_steps, sample_steps=a.sample_steps, results=a.out,
                           out=a.exp_dir, guidance=GuidanceConfig(scale=a.scale) if a.scale is not None else None)
-res['wall_s'] = round(time.time() - t0, 1); res['command'] = 'python bench/d3s2_experiment.py ' + shlex.join(sys.argv[1:])
+res['wall_s'] = round(time.time() - t0, 1)
 if a.out:
-    from segkd_nb.config import save_json; save_json(res, a.out)
+    from segkd_nb.config import save_result; save_result(res, a.out)
 print(d3s2_table(res)); print(f"({res['wall_s']/60:.1f} min)")

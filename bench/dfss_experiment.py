@@ -12,12 +12,13 @@ import argparse, os, shlex, sys, time
 from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
-from segkd_nb.config import load_settings, save_json, load_json, git_commit
+from segkd_nb.config import load_settings, load_json, save_result
 from segkd_nb.data import PoolDataset, collate_skip, image_pool
 from segkd_nb.runs import get_preset, cached_teacher
 from segkd_nb.datasets import load_split, data_taxonomy, CAMVID_HOLDOUT
 from segkd_nb.train import TrainConfig
-from segkd_nb.dfss import (pool_paths, moment_distances, image_moments, ads_greedy, ads_select, auroc, dfss_experiment, dfss_table, DFSS_ROWS, _NORMS)
+from segkd_nb.dfss import (pool_paths, moment_distances, image_moments, ads_greedy, ads_select, auroc, _NORMS)
+from segkd_nb.experiments.dfss import dfss_experiment, dfss_table, DFSS_ROWS
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('--steps', type=int, default=500, help='optimizer steps of every student row')
@@ -86,7 +87,6 @@ res = dfss_experiment(teacher, pool, load_split('camvid', 'val', p.size), origin
 t_metrics = load_json(t_dir/'metrics.json')
 res |= {'teacher': {'dir': t_dir.name, 'arch': p.teacher_arch, 'miou': t_metrics['miou'], 'per_class_iou': t_metrics['per_class_iou']},
         'pool': {x: sum(y == x for y in src) for x in ('camvid_0001TP', 'bsds500', 'idd_lite')}, 'ads_topk_by_source': sel_by_src,
-        'separation_auroc': sep, 'wall_s': round(time.time() - t0, 1), 'git': git_commit(),
-        'command': 'python bench/dfss_experiment.py ' + shlex.join(sys.argv[1:])}
+        'separation_auroc': sep, 'wall_s': round(time.time() - t0, 1)}
 print(dfss_table(res)); print(f"teacher mIoU {100*t_metrics['miou']:.1f}")
-if a.out: save_json(res, a.out)
+if a.out: save_result(res, a.out)

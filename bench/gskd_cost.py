@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import clock, interleaved
 from segkd_nb.models import build_model
 from segkd_nb.kd import KDTerm
-from segkd_nb.gskd import GSKDTerm, ProjectionHead, point_features, to_grid
+from segkd_nb.kd import to_grid
+from segkd_nb.gskd import GSKDTerm, ProjectionHead, point_features
 
 class PixelPairTerm(nn.Module):
     "Reference: pixel-pairwise structural KD over all (hw)^2 pairs (row-softmax KL of cosine-similarity maps)."
@@ -211,11 +212,10 @@ def main(argv=None):
             f"Median of {args.repeats} interleaved calls after 1 warm-up, {'process CPU' if dev.type == 'cpu' else 'wall'} time. Total {time.time() - t0:.0f}s wall.")
     print('\n'.join(table)); print('\n' + note)
     if args.json:
-        from segkd_nb.config import git_commit
-        command = 'python bench/gskd_cost.py ' + shlex.join(sys.argv[1:])
-        commit = git_commit()
+        from segkd_nb.config import git_commit, command_line, save_result
+        command, commit = command_line(), git_commit()
         md = f"**GSKD cost** (`{command}`, commit `{commit}`, {dev}, {torch.get_num_threads()} threads):\n\n" + '\n'.join(table) + '\n\n' + note
-        Path(args.json).write_text(json.dumps({'args': vars(args), 'device': str(dev), 'rows': rows, 'command': command, 'git': commit, 'markdown': md}, indent=1))
+        save_result({'args': vars(args), 'device': str(dev), 'rows': rows, 'markdown': md, 'command': command, 'git': commit}, args.json)
     return rows
 
 if __name__ == '__main__': main()

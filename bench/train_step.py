@@ -8,7 +8,7 @@ Absolute times on shared machines are noise: read the ratios. Timings interleave
 import argparse, json, shlex, sys, time
 from pathlib import Path
 import torch
-from segkd_nb.config import get_device, save_json, git_commit, seed_everything
+from segkd_nb.config import get_device, seed_everything, save_result, command_line
 from segkd_nb.runs import get_preset
 from segkd_nb.datasets import load_split, data_taxonomy
 from segkd_nb.models import build_model
@@ -55,11 +55,11 @@ def main(argv=None):
            'student_images_per_s': round(p.batch_size / med['plain'], 1),
            'kd_step_over_plain_step': round(med['kd'] / med['plain'], 2),
            'loader_over_step_throughput': round(med['plain'] / med['loader'], 2),
-           'command': 'python bench/train_step.py ' + shlex.join(argv if argv is not None else sys.argv[1:]), 'git': git_commit()}
+           }
     print(f"student {p.student_arch} step: {out['student_images_per_s']} images/s  (batch {p.batch_size}, {p.size[0]}x{p.size[1]}, {dev}, {out['threads']} threads)")
     print(f"KD step / plain step: {out['kd_step_over_plain_step']}x  (teacher {p.teacher_arch} forward + KD term)")
     print(f"data-loader / step throughput: {out['loader_over_step_throughput']}x  (> 1: the loader keeps up)")
-    if a.out: save_json(out, a.out)
+    if a.out: save_result(out, a.out, command=command_line([__file__, *(argv if argv is not None else sys.argv[1:])]))
     return out
 
 if __name__ == '__main__': main()

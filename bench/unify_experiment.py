@@ -14,9 +14,9 @@ source-only students of an earlier run of the same data (they do not depend on t
 Resumable: every teacher, pseudo-label folder and student under runs_dir/unify_DATA is skipped once finished.
 """
 import argparse, shlex, sys, time
-from segkd_nb.config import load_settings, save_json, git_commit
+from segkd_nb.config import load_settings, save_result
 from segkd_nb.data import DataError
-from segkd_nb.unify import (UnifyConfig, unify_samples_experiment, unify_camvid_coarse_experiment, unify_camvid_idd_experiment,
+from segkd_nb.experiments.unify import (UnifyConfig, unify_samples_experiment, unify_camvid_coarse_experiment, unify_camvid_idd_experiment,
                             unify_tables)
 
 EXPERIMENTS = {'samples': (unify_samples_experiment, {}),
@@ -44,6 +44,6 @@ if a.reuse:
         if not (out/d.name).exists(): shutil.copytree(d, out/d.name)  # finished runs: skipped by their config hash
 try: res = fn(out, cfg)
 except DataError as e: sys.exit(f"unify_experiment: {e}")
-res |= {'wall_s': round(time.time() - t0, 1), 'git': git_commit(), 'command': 'python bench/unify_experiment.py ' + shlex.join(sys.argv[1:])}
+res |= {'wall_s': round(time.time() - t0, 1)}
 print(unify_tables(res))
-if a.out: save_json(res, a.out)
+if a.out: save_result(res, a.out)

@@ -81,10 +81,9 @@ def main(argv=None):
           f"writer end to end: {ratio['writer (no TTA)']:.3f}; TTA costs {1 / ratio['pl (TTA)']:.1f}x")
     res = {'arch': a.arch, 'size': [H, W], 'n': a.n, 'batch': a.batch, 'threads': torch.get_num_threads(), 'torch': torch.__version__,
            'images_per_s': ips, 'ratio': ratio, 'relative_to': base, 'target_no_tta_ratio': 0.9, 'target_met': ok, 'clock': a.clock,
-           'command': 'python bench/unify_throughput.py ' + shlex.join(argv if argv is not None else sys.argv[1:])}
-    from segkd_nb.config import git_commit
-    res['git'] = git_commit()
-    if a.json: Path(a.json).write_text(json.dumps(res, indent=2) + '\n')
+           }
+    from segkd_nb.config import save_result, command_line
+    if a.json: save_result(res, a.json, command=command_line([__file__, *(argv if argv is not None else sys.argv[1:])]))
     return res
 
 if __name__ == '__main__': main()

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_config.ipynb #3273380c
 from __future__ import annotations
-import os, json, random, hashlib, subprocess, tempfile, configparser, contextlib, datetime, io
+import os, sys, shlex, json, random, hashlib, subprocess, tempfile, configparser, contextlib, datetime, io
 from dataclasses import dataclass, fields, asdict
 from pathlib import Path
-import numpy as np, torch
+import numpy as np
 
 # %% auto #0
-__all__ = ['Settings', 'find_settings', 'load_settings', 'get_device', 'get_dtype', 'autocast', 'seed_everything',
+__all__ = ['CODE_VERSION', 'Settings', 'find_settings', 'load_settings', 'get_device', 'get_dtype', 'autocast', 'seed_everything',
            'torch_generator', 'atomic_path', 'atomic_write_bytes', 'save_json', 'load_json', 'atomic_torch_save',
-           'git_commit', 'config_hash', 'new_run_dir']
+           'git_commit', 'config_hash', 'new_run_dir', 'parse_size', 'safe_load', 'command_line', 'result_path',
+           'save_result', 'load_result']
 
 # %% ../nbs/00_config.ipynb #dd2f950a
 @dataclass
@@ -57,6 +58,7 @@ def find_settings(start:str|Path|None=None # folder to search upwards from (defa
             if cp.has_section('segkd'): return f
     return None
 
+# %% ../nbs/00_config.ipynb #9ec5c0e9
 def load_settings(path:str|Path|None=None, # a settings.ini; default: `find_settings()`
                   env:bool=True # apply `SEGKD_<KEY>` environment overrides
                  )->Settings:
@@ -84,25 +86,30 @@ def load_settings(path:str|Path|None=None, # a settings.ini; default: `find_sett
 def get_device(pref:str|None=None # 'auto' | 'cpu' | 'cuda' (default: settings)
               )->torch.device:
     "The torch device to run on."
+    import torch
     pref = pref or load_settings().device
     if pref == 'cuda' and not torch.cuda.is_available(): raise RuntimeError("device=cuda was asked for, but no CUDA GPU is available")
     if pref == 'auto': pref = 'cuda' if torch.cuda.is_available() else 'cpu'
     return torch.device(pref)
 
+# %% ../nbs/00_config.ipynb #64aed95b
 def get_dtype(precision:str|None=None, # 'auto' | 'fp32' | 'bf16' | 'fp16' (default: settings)
               device:torch.device|str='cpu' # where the model runs
              )->torch.dtype|None:
     "The autocast dtype for `precision` on `device`, or None for plain fp32."
+    import torch
     precision = precision or load_settings().precision
     dev = torch.device(device).type
     if precision == 'auto': precision = 'bf16' if dev == 'cuda' else 'fp32'
     if precision == 'fp16' and dev != 'cuda': raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on the CPU")
     return {'fp32':None, 'bf16':torch.bfloat16, 'fp16':torch.float16}[precision]
 
+# %% ../nbs/00_config.ipynb #200e5cd5
 def autocast(device:torch.device|str, # where the model runs
              dtype:torch.dtype|None # from `get_dtype`; None disables autocast
             ):
     "An autocast context for `dtype` (a no-op for fp32)."
+    import torch
     if dtype is None: return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
@@ -110,13 +117,16 @@ def autocast(device:torch.device|str, # where the model runs
 def seed_everything(seed:int # the run's seed
                    )->int:
     "Seed Python, NumPy and torch (CPU and CUDA)."
+    import torch
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     return seed
 
+# %% ../nbs/00_config.ipynb #7815df19
 def torch_generator(seed:int # seed of the stream
                    )->torch.Generator:
     "A CPU `torch.Generator` seeded with `seed`."
+    import torch
     g = torch.Generator(); g.manual_seed(seed); return g
 
 # %% ../nbs/00_config.ipynb #9d55038e
@@ -132,29 +142,39 @@ def atomic_path(path:str|Path # the final file
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
 
+# %% ../nbs/00_config.ipynb #6be17fa2
 def atomic_write_bytes(path:str|Path, data:bytes)->Path:
     "Write `data` to `path` atomically."
     with atomic_path(path) as t: Path(t).write_bytes(data)
     return Path(path)
 
+# %% ../nbs/00_config.ipynb #0ac2abf2
 def save_json(obj, path:str|Path)->Path:
     "Write `obj` as indented JSON, atomically."
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + '\n').encode())
 
-def load_json(path:str|Path):
-    "Read a JSON file."
-    return json.loads(Path(path).read_text())
+# %% ../nbs/00_config.ipynb #605b2625
+def load_json(path:str|Path # a JSON file
+             ):
+    "Read a JSON file; a missing, undecodable or malformed file gets an error naming it."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
+    try: return json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: not a valid UTF-8 JSON file ({e})") from None
 
+# %% ../nbs/00_config.ipynb #efc86eac
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
+    if isinstance(o, np.ndarray) or type(o).__name__ == 'Tensor': return o.tolist()
     if isinstance(o, Path): return str(o)
     if hasattr(o, '__dataclass_fields__'): return asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
+# %% ../nbs/00_config.ipynb #a36e9448
 def atomic_torch_save(obj, path:str|Path)->Path:
     "`torch.save` to `path` atomically."
+    import torch
     with atomic_path(path) as t: torch.save(obj, t)
     return Path(path)
 
@@ -170,12 +190,14 @@ def git_commit(root:str|Path|None=None # a folder inside the repository
         return c + ('+dirty' if dirty else '')
     except Exception: return 'unknown'
 
+# %% ../nbs/00_config.ipynb #d28bc423
 def config_hash(cfg:dict, # a JSON-serialisable configuration
                 n:int=10 # hex digits kept
                )->str:
     "A short stable hash of a configuration."
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=_json_default).encode()).hexdigest()[:n]
 
+# %% ../nbs/00_config.ipynb #77ac160e
 def new_run_dir(name:str, # a short name for the run
                 runs_dir:str|Path|None=None, # parent folder (default: settings' runs_dir)
                 exist_ok:bool=True # reuse an existing folder (for resuming)
@@ -183,3 +205,64 @@ def new_run_dir(name:str, # a short name for the run
     "Create (or reuse) the folder `runs_dir/name`."
     p = Path(runs_dir) if runs_dir else load_settings().path('runs_dir')
     p = p/name; p.mkdir(parents=True, exist_ok=exist_ok); return p
+
+# %% ../nbs/00_config.ipynb #e976eb9b
+def parse_size(s # 'HxW' (e.g. '96x128'), an (H, W) pair, or one int
+              )->tuple:
+    "`(H, W)` of a size, both positive."
+    try:
+        if isinstance(s, str): hw = tuple(int(v) for v in s.lower().replace(' ', '').split('x'))
+        else: hw = (int(s), int(s)) if isinstance(s, (int, np.integer)) else tuple(int(v) for v in s)
+        if len(hw) == 1: hw = hw * 2
+    except (TypeError, ValueError): hw = ()
+    if len(hw) != 2 or min(hw) < 1: raise ValueError(f"size must be HxW with positive integers (e.g. 96x128), got {s!r}")
+    return hw
+
+# %% ../nbs/00_config.ipynb #96d5c785
+def safe_load(path:str|Path, # a file written by `torch.save`
+              what:str='checkpoint', # what it should be, for the error message
+              map_location='cpu' # where tensors go (CUDA-saved files load on a CPU-only machine)
+             ):
+    "`torch.load(path, weights_only=True)` with an error naming the file when it is missing or unsafe."
+    import torch
+    path = Path(path)
+    if path.is_dir(): raise IsADirectoryError(f"{path}: a folder, not a {what} file")
+    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {path}")
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e: raise ValueError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {str(e)[:200]})") from None
+
+# %% ../nbs/00_config.ipynb #e80322d7
+def command_line(argv:list=None # default: sys.argv
+                )->str:
+    "The command that started this process, shell-quoted: `segkd ...`, or `python path/to/script.py ...`."
+    argv = list(sys.argv if argv is None else argv)
+    head = Path(argv[0])
+    if head.suffix == '.py':
+        try: head = head.resolve().relative_to(Path.cwd().resolve())
+        except ValueError: pass
+        return shlex.join(['python', str(head), *argv[1:]])
+    return shlex.join([head.name, *argv[1:]])
+
+# %% ../nbs/00_config.ipynb #0b29c594
+def result_path(name:str|Path # a name ('gskd_samples') or a path ending in .json
+               )->Path:
+    "Where result `name` lives: `<repository>/results/<name>.json`, or the path itself."
+    p = Path(name)
+    if p.suffix == '.json' or len(p.parts) > 1: return p
+    return Path(load_settings().root)/'results'/f'{name}.json'
+
+# %% ../nbs/00_config.ipynb #809c1f91
+def save_result(obj:dict, # the result
+                name:str|Path, # a name or a .json path (see `result_path`)
+                command:str=None # default: this process's `command_line()`
+               )->Path:
+    "Write a result file with its `command` and `git` commit, atomically."
+    return save_json({'command': command or obj.get('command') or command_line(), 'git': obj.get('git') or git_commit(), **obj}, result_path(name))
+
+def load_result(name:str|Path)->dict|None:
+    "A result file's content, or None where it has not been produced."
+    p = result_path(name)
+    return load_json(p) if p.exists() else None
+
+# %% ../nbs/00_config.ipynb #00fdca50
+CODE_VERSION = 2  # raise when a change alters what a run produces; part of every run key

@@ -17,13 +17,12 @@ from .kd import pixel_kd, register_term
 from .metrics import paired_diff
 
 # %% auto #0
-__all__ = ['BN_TYPES', 'SCHEDULES', 'LABEL_DIRS', 'DFSS_ROWS', 'bn_layers', 'set_bn_stats', 'BNInputStats', 'bn_distance',
-           'layer_weights', 'ADSScores', 'ads_scores', 'ads_scores_loop', 'plot_layer_distances', 'show_distance_hist',
-           'auroc', 'resolve_k', 'ads_select', 'Moments', 'image_moments', 'pooled_distance', 'moment_distances',
-           'ads_greedy', 'show_pool_grid', 'wdpd_w0', 'wdpd_ramp', 'wdpd_schedule', 'wdpd_weights', 'show_wdpd_curves',
-           'wdpd_widget', 'WDPDKDTerm', 'pool_paths', 'score_pool', 'AuxPool', 'data_free_data', 'check_label_free',
-           'distill_data_free', 'cli_ads_score', 'cli_ads_select', 'register_cli', 'export_pool', 'dfss_experiment',
-           'dfss_table', 'auroc_table']
+__all__ = ['BN_TYPES', 'SCHEDULES', 'LABEL_DIRS', 'bn_layers', 'set_bn_stats', 'BNInputStats', 'bn_distance', 'layer_weights',
+           'ADSScores', 'ads_scores', 'ads_scores_loop', 'plot_layer_distances', 'show_distance_hist', 'auroc',
+           'resolve_k', 'ads_select', 'Moments', 'image_moments', 'pooled_distance', 'moment_distances', 'ads_greedy',
+           'show_pool_grid', 'wdpd_w0', 'wdpd_ramp', 'wdpd_schedule', 'wdpd_weights', 'show_wdpd_curves', 'wdpd_widget',
+           'WDPDKDTerm', 'pool_paths', 'score_pool', 'AuxPool', 'data_free_data', 'check_label_free',
+           'distill_data_free']
 
 # %% ../nbs/11_dfss.ipynb #c56b7b05
 BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -67,6 +66,7 @@ def set_bn_stats(model:nn.Module, # a model with BatchNorm
 # %% ../nbs/11_dfss.ipynb #2a3960a3
 class _Stop(Exception): "Raised from a hook once every chosen layer has been seen."
 
+# %% ../nbs/11_dfss.ipynb #93ec7a50
 class BNInputStats:
     "Forward pre-hooks recording per-image channel mean and biased variance of chosen BN layers' inputs."
     def __init__(self, layers:dict, # name -> BN module (from `bn_layers`)
@@ -120,6 +120,7 @@ def bn_distance(mu:torch.Tensor, # [N,C] per-image (or pooled) channel means
     C = mu.shape[-1]
     return (d_mu + d_var) / {'none': 1.0, 'channels': C, 'sqrt_channels': math.sqrt(C)}[norm]
 
+# %% ../nbs/11_dfss.ipynb #032d9bd8
 def layer_weights(layers:list, # L layer names
                   weights:dict|list=None # name -> a_l, or a list of L weights (default: all 1)
                  )->torch.Tensor:
@@ -149,15 +150,18 @@ class ADSScores:
         return self.per_layer @ self.weights  # [N]
     def __len__(self): return len(self.ids)
 
+# %% ../nbs/11_dfss.ipynb #96215764
 def _bn_snapshot(layers):
     return {n: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for n, m in layers.items()}
 
+# %% ../nbs/11_dfss.ipynb #efb75ffe
 def _check_unchanged(layers, snap):
     for n, m in layers.items():
         a, b, c = snap[n]
         if not (torch.equal(a, m.running_mean) and torch.equal(b, m.running_var) and torch.equal(c, m.num_batches_tracked)):
             raise RuntimeError(f"BN running statistics of {n} changed during scoring")
 
+# %% ../nbs/11_dfss.ipynb #ce26b71d
 def _stream(model, loader, layers, early_exit):
     "Yield (batch, stats) over `loader` with the teacher in eval mode; check its running stats afterwards."
     snap, was, dev = _bn_snapshot(layers), model.training, next(model.parameters()).device
@@ -170,12 +174,14 @@ def _stream(model, loader, layers, early_exit):
     finally: model.train(was)
     _check_unchanged(layers, snap)
 
+# %% ../nbs/11_dfss.ipynb #f40967fe
 def _n_bad(loader, n_seen):
     ds = getattr(loader, 'dataset', None)
     n = max(0, len(ds) - n_seen) if hasattr(ds, '__len__') else 0
     if n: log.warning(f"ADS: skipped {n} unreadable pool image(s)")
     return n
 
+# %% ../nbs/11_dfss.ipynb #9fbcab53
 def ads_scores(model:nn.Module, # the teacher (any model with BatchNorm)
                loader:DataLoader, # batches of dicts with 'image' [B,3,H,W] and 'id'; None batches are skipped
                layers:list|str=None, # BN layers (names or regex; default all)
@@ -248,6 +254,7 @@ def show_distance_hist(d:torch.Tensor, # [N] distances
     if title: ax.set_title(title, fontsize=9)
     return ax
 
+# %% ../nbs/11_dfss.ipynb #8b927e10
 def auroc(scores:torch.Tensor, # [N] higher = more likely positive (e.g. the distance)
           labels:torch.Tensor # [N] 1/True = positive (e.g. out-of-distribution)
          )->float:
@@ -268,6 +275,7 @@ def _k_arg(v:str):
         try: return float(v)
         except ValueError: raise ValueError(f"k must be a count or a fraction, got {v!r}") from None
 
+# %% ../nbs/11_dfss.ipynb #a220b4a8
 def resolve_k(k:int|float|str|None, # a count, a fraction in (0, 1], its text ('40', '0.25'), or None (all)
               n:int # the pool size
              )->int:
@@ -281,6 +289,7 @@ def resolve_k(k:int|float|str|None, # a count, a fraction in (0, 1], its text ('
     if not 1 <= k <= n: raise ValueError(f"k={k} images asked for, but the pool has {n}")
     return int(k)
 
+# %% ../nbs/11_dfss.ipynb #a4507151
 def ads_select(scores:torch.Tensor, # [N] distances (lower = closer to the teacher's data)
                k:int|float # a count, or a fraction of N
               )->torch.Tensor:
@@ -301,6 +310,7 @@ class Moments:
     n_bad: int = 0  # unreadable images skipped
     def __len__(self): return len(self.ids)
 
+# %% ../nbs/11_dfss.ipynb #c81045a3
 def image_moments(model:nn.Module, # the teacher
                   loader:DataLoader, # batches of dicts with 'image' and 'id'
                   layers:list|str=None, # BN layers (default all)
@@ -318,6 +328,7 @@ def image_moments(model:nn.Module, # the teacher
     mean, sq = bufs.result()
     return Moments(ids, index, list(bns), mean, sq, ref, _n_bad(loader, len(ids)))
 
+# %% ../nbs/11_dfss.ipynb #bb83b1ec
 class _MomentBuffers:
     "[N,C] float32 buffers per layer, allocated once where the pool size is known (many small kept tensors fragment the heap)."
     def __init__(self, channels:dict, cap:int=None):
@@ -341,6 +352,7 @@ def _pooled(m:Moments, n:str, idx)->tuple:
     var = m.sq[n][idx].double().mean(0) - mu**2  # [C] pooled biased variance
     return mu, var
 
+# %% ../nbs/11_dfss.ipynb #ac119d40
 def pooled_distance(m:Moments, # from `image_moments`
                     idx=None, # indices of the set S (default: all images)
                     norm:str='none', weights:dict|list=None)->float:
@@ -349,6 +361,7 @@ def pooled_distance(m:Moments, # from `image_moments`
     a = layer_weights(m.layers, weights)
     return float(sum(a[l] * bn_distance(*(v[None] for v in _pooled(m, n, idx)), *m.ref[n], norm)[0] for l, n in enumerate(m.layers)))
 
+# %% ../nbs/11_dfss.ipynb #13f5fd97
 def moment_distances(m:Moments, norm:str='none')->torch.Tensor:
     "[N,L] per-image per-layer distances from stored moments (equals `ads_scores(...).per_layer`)."
     return torch.stack([bn_distance(m.mean[n].double(), m.sq[n].double() - m.mean[n].double()**2, *m.ref[n], norm) for n in m.layers], 1)
@@ -400,6 +413,7 @@ def wdpd_w0(d:torch.Tensor # [N] distances of the selected images
     span = d.max() - d.min()
     return torch.ones_like(d) if span <= 0 else 1 - (d - d.min()) / span
 
+# %% ../nbs/11_dfss.ipynb #2f4d6a66
 def wdpd_ramp(progress:float, # training progress t in [0, 1]
               rho:float=0.5, # fraction of training over which the ramp completes
               shape:str='linear' # 'linear' | 'cosine'
@@ -410,6 +424,7 @@ def wdpd_ramp(progress:float, # training progress t in [0, 1]
     r = min(1.0, max(0.0, float(progress)) / rho)
     return r if shape == 'linear' else 0.5 * (1 - math.cos(math.pi * r))
 
+# %% ../nbs/11_dfss.ipynb #f8c67188
 def wdpd_schedule(w0:torch.Tensor, # [B] base weights in [0, 1]
                   progress:float, # training progress t in [0, 1]
                   schedule:str='linear', # one of `SCHEDULES`
@@ -427,6 +442,7 @@ def wdpd_schedule(w0:torch.Tensor, # [B] base weights in [0, 1]
     if schedule == 'threshold': return (w0 >= 1 - r).float()  # inclusion threshold falls 1 -> 0
     return w0 ** (gamma0 * (1 - r))  # power: gamma falls gamma0 -> 0
 
+# %% ../nbs/11_dfss.ipynb #7e956112
 def wdpd_weights(d:torch.Tensor, # [N] distances of the selected images
                  progress:float, schedule:str='linear', rho:float=0.5, gamma0:float=1.0)->torch.Tensor:
     "[N] WDPD weights of images at distances `d` at progress `t` (`wdpd_schedule(wdpd_w0(d), ...)`)."
@@ -534,6 +550,7 @@ def score_pool(teacher:nn.Module, # the teacher
     return {'paths': [paths[i] for i in keep], 'ids': [ids[i] for i in keep], 'distance': per_layer @ a, 'per_layer': per_layer,
             'layers': layer_names, 'layer_weights': a, 'n_bad': n_bad, 'order': order, 'mode': mode, 'norm': norm}
 
+# %% ../nbs/11_dfss.ipynb #fd74f588
 class AuxPool(Dataset):
     "Unlabelled auxiliary images for data-free KD: items `image`, `id`, `weight` (w0); never a mask."
     collate_fn = staticmethod(collate_skip)
@@ -598,6 +615,7 @@ def check_label_free(terms:dict # name -> (weight, LossTerm)
     if bad: raise ValueError(f"data-free distillation has no labels, but loss terms {bad} need them")
     return terms
 
+# %% ../nbs/11_dfss.ipynb #1b75fd3e
 def distill_data_free(student:nn.Module, # the student
                       teacher:nn.Module, # the frozen teacher
                       ds:Dataset, # from `data_free_data`
@@ -611,192 +629,3 @@ def distill_data_free(student:nn.Module, # the student
     tr = Trainer(student, terms, cfg, teacher=teacher, **kw)
     tr.fit(ds)
     return tr
-
-# %% ../nbs/11_dfss.ipynb #b0e391c3
-def _write_table(rows:list, out:str|Path, meta:dict)->Path:
-    "Rows (dicts) to CSV, or rows + meta to JSON (by suffix), atomically."
-    out = Path(out)
-    if out.suffix == '.json': return save_json({**meta, 'items': rows}, out)
-    buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ['id']); w.writeheader(); w.writerows(rows)
-    with atomic_path(out) as t: Path(t).write_text(buf.getvalue())
-    return out
-
-def _cli_teacher(args):
-    from segkd_nb.models import load_checkpoint
-    from segkd_nb.config import get_device
-    m, _ = load_checkpoint(args.teacher)
-    return m.to(get_device(args.device)).eval()
-
-def _cli_rows(info:dict, selected:bool)->list:
-    rank = {i: r for r, i in enumerate(info['selected_index'])} if selected else {}
-    rows = []
-    for i, (iid, p, d, pl) in enumerate(zip(info['ids'], info['paths'], info['distance'], info['per_layer'])):
-        r = {'id': iid, 'path': p, 'distance': d}
-        if selected: r |= {'selected': int(i in rank), 'rank': rank.get(i, ''), 'wdpd_weight0': '' if info['w0_pool'][i] is None else info['w0_pool'][i]}
-        rows.append(r | {f'd:{l}': v for l, v in zip(info['layers'], pl)})
-    return rows
-
-def cli_ads_score(args:argparse.Namespace)->int:
-    "`segkd ads score`: write every pool image's ADS distance."
-    _, info = data_free_data(_cli_teacher(args), args.pool, 'all', None, tuple(args.size), mode=args.mode, layers=args.layers,
-                             norm=args.norm, batch_size=args.batch_size, cache=False)
-    out = _write_table(_cli_rows(info, False), args.out, {k: info[k] for k in ('mode', 'norm', 'n_pool', 'n_bad', 'layers')})
-    print(f"scored {info['n_pool']} images ({info['n_bad']} unreadable skipped) -> {out}")
-    return 0
-
-def cli_ads_select(args:argparse.Namespace)->int:
-    "`segkd ads select`: write distances plus the selection, its rank and the WDPD base weight w0."
-    _, info = data_free_data(_cli_teacher(args), args.pool, args.select, args.k, tuple(args.size), seed=args.seed, mode=args.mode,
-                             layers=args.layers, norm=args.norm, batch_size=args.batch_size, cache=False)
-    meta = {k: info[k] for k in ('select', 'mode', 'norm', 'k', 'seed', 'n_pool', 'n_bad', 'layers', 'selected')}
-    out = _write_table(_cli_rows(info, True), args.out, meta)
-    print(f"selected {info['k']} of {info['n_pool']} images ({args.select}, mode {args.mode}) -> {out}")
-    return 0
-
-def register_cli(subparsers # from `ArgumentParser.add_subparsers()`
-                )->argparse.ArgumentParser:
-    "Add `ads score|select` to the package CLI."
-    p = subparsers.add_parser('ads', help='score or select auxiliary images by the teacher\'s BN statistics (DFSS ADS)')
-    sp = p.add_subparsers(dest='ads_cmd', required=True)
-    for name, fn, hlp in (('score', cli_ads_score, 'distance of every pool image'), ('select', cli_ads_select, 'distances and the selection')):
-        q = sp.add_parser(name, help=hlp)
-        q.add_argument('--teacher', required=True, help='teacher checkpoint (.pt from segkd train)')
-        q.add_argument('--pool', required=True, nargs='+', help='pool folder(s) of unlabelled images')
-        q.add_argument('--out', default=f'ads_{name}.csv', help='output .csv or .json')
-        q.add_argument('--size', type=int, nargs=2, default=[96, 128], metavar=('H', 'W'), help='input size')
-        q.add_argument('--mode', choices=('image', 'set'), default='image', help='per-image distances or greedy pooled statistics')
-        q.add_argument('--layers', default=None, help='regex of BN layer names (default: all)')
-        q.add_argument('--norm', choices=_NORMS, default='none', help='per-layer normalisation by channel count')
-        q.add_argument('--batch-size', type=int, default=16)
-        q.add_argument('--device', default=None, help='auto | cpu | cuda (default: settings)')
-        if name == 'select':
-            q.add_argument('--k', type=_k_arg, default=None, help='count or fraction to keep (default 0.5)')
-            q.add_argument('--select', choices=('ads', 'random', 'all'), default='ads')
-            q.add_argument('--seed', type=int, default=0)
-        q.set_defaults(func=fn)
-    return p
-
-# %% ../nbs/11_dfss.ipynb #1709395d
-def _layer_field(i:int, name:str)->str: return f"ads_l{i:02d}_" + re.sub(r'\W', '_', name)
-
-def export_pool(name:str, # the FiftyOne dataset name (replaced where it exists)
-                paths:list, # N image paths
-                distances:list, # [N] ADS distances
-                per_layer:list=None, # [N,L] per-layer distances
-                selected:list=None, # [N] bool, or the selected indices
-                w0:list=None, # [N] WDPD base weights (None for images not selected)
-                layers:list=None, # L layer names (default l0, l1, ...)
-                ids:list=None, # N ids (stored as `sid`; default: file stems)
-                layer_fields:bool=True # also one float field per layer
-               ):
-    "A persistent FiftyOne dataset of the pool with `ads_distance`, `ads_selected`, `wdpd_weight0` and per-layer distances."
-    from segkd_nb.fo import import_fiftyone
-    fo = import_fiftyone()
-    N = len(paths)
-    sel = torch.zeros(N, dtype=torch.bool)
-    if selected is not None:
-        s = torch.as_tensor(selected)
-        if s.dtype == torch.bool: sel = s
-        else: sel[s.long()] = True
-    pl = torch.as_tensor(per_layer, dtype=torch.float64) if per_layer is not None else torch.zeros(N, 0)
-    layers = layers or [f'l{i}' for i in range(pl.shape[1])]
-    fields = [_layer_field(i, n) for i, n in enumerate(layers)]
-    ids = ids or [Path(p).stem for p in paths]
-    if not (len(distances) == len(sel) == len(ids) == N) or (per_layer is not None and pl.shape != (N, len(layers))) or (w0 is not None and len(w0) != N):
-        raise ValueError(f"export_pool: inputs disagree in length (paths {N}, distances {len(distances)}, per_layer {tuple(pl.shape)}, layers {len(layers)})")
-    samples = []
-    for i, p in enumerate(paths):
-        s = fo.Sample(filepath=str(Path(p).resolve()), sid=ids[i], ads_distance=float(distances[i]), ads_selected=bool(sel[i]),
-                      wdpd_weight0=None if w0 is None or w0[i] is None else float(w0[i]))
-        if pl.shape[1]:
-            s['ads_per_layer'] = {f: float(v) for f, v in zip(fields, pl[i].tolist())}
-            if layer_fields:
-                for f, v in zip(fields, pl[i].tolist()): s[f] = float(v)
-        samples.append(s)
-    ds = fo.Dataset(name, persistent=True, overwrite=True)
-    ds.add_samples(samples, progress=False)
-    ds.info = {'ads_layers': dict(zip(fields, layers)), 'n_selected': int(sel.sum())}
-    ds.save()
-    return ds
-
-# %% ../nbs/11_dfss.ipynb #45111a05
-DFSS_ROWS = ('kd-original', 'all', 'random', 'ads', 'ads+wdpd')
-
-def dfss_experiment(teacher:nn.Module, # the trained teacher
-                    pool:str|Path|list, # the auxiliary pool folder(s)
-                    val_ds, # a labelled dataset to evaluate on
-                    original:str|Path|list=None, # the teacher's training images (for 'kd-original'; labels never read)
-                    rows:tuple=DFSS_ROWS, # which rows
-                    k:int|float=None, # selection size (default 0.5)
-                    seeds:tuple=(0, 1, 2), # paired seeds
-                    arch:str='tiny_s', width:int=12, # the student
-                    cfg:TrainConfig=None, # steps, batch size, lr (its seed is replaced per run)
-                    size:tuple=(96, 128), # input size
-                    schedule:str='linear', rho:float=0.5, gamma0:float=1.0, tau:float=1.0, # WDPD options
-                    mode:str='image', norm:str='none', # ADS options
-                    run_dir:str|Path=None, # parent of the run folders (default: runs_dir/dfss)
-                    tax=None, # the taxonomy (class names in the metrics)
-                    meta:dict=None, # more config to record
-                    in_dist=None # id -> True for in-distribution pool images (default: names not starting with 'ood')
-                   )->dict:
-    "Train a student per row and seed with equal steps; returns per-row mIoU per seed, mean and std."
-    in_dist = in_dist or (lambda i: not str(i).split('/')[-1].startswith('ood'))
-    from dataclasses import replace, asdict
-    from segkd_nb.models import build_model
-    from segkd_nb.runs import run_training
-    from segkd_nb.config import load_settings
-    cfg = cfg or TrainConfig(steps=600, batch_size=16, lr=3e-3)
-    run_dir = Path(run_dir) if run_dir else load_settings().path('runs_dir')/'dfss'
-    unknown = set(rows) - set(DFSS_ROWS)
-    if unknown: raise ValueError(f"unknown rows {sorted(unknown)}; choose from {DFSS_ROWS}")
-    if 'kd-original' in rows and original is None: raise ValueError("row 'kd-original' needs `original` (the teacher's training images)")
-    res = {'config': {'k': k, 'seeds': list(seeds), 'arch': arch, 'width': width, 'train': asdict(cfg), 'size': list(size), 'schedule': schedule,
-                      'rho': rho, 'gamma0': gamma0, 'tau': tau, 'mode': mode, 'norm': norm, **(meta or {})}, 'rows': {}}
-    fixed, kk = {}, (0.5 if k is None else k)
-    def scores():  # scored once per experiment: the teacher and the pool are fixed
-        if 'scores' not in fixed: fixed['scores'] = score_pool(teacher, pool, size, mode, norm=norm, k=kk if mode == 'set' else None)
-        return fixed['scores']
-    for row in rows:
-        runs = []
-        for seed in seeds:
-            if row == 'kd-original':
-                paths, ids = pool_paths(original); ds, info = AuxPool(paths, ids, torch.ones(len(ids)), size), {'selected': ids, 'k': len(ids)}
-            elif row == 'random': ds, info = data_free_data(teacher, pool, 'random', k, size, seed=seed, mode=mode, norm=norm, scores=scores())
-            else:
-                sel = 'all' if row == 'all' else 'ads'
-                if sel not in fixed: fixed[sel] = data_free_data(teacher, pool, sel, k, size, mode=mode, norm=norm, scores=scores())
-                ds, info = fixed[sel]
-            sch = schedule if row == 'ads+wdpd' else 'none'
-            term = check_label_free({'wdpd': (1.0, WDPDKDTerm(tau, sch, rho, gamma0))})
-            seed_c = replace(cfg, seed=seed, progress=False)
-            torch.manual_seed(seed)
-            student = build_model(arch, teacher.num_classes, width=width)
-            m = run_training(run_dir/f'{row}-s{seed}', student, term, ds, val_ds, seed_c, teacher=teacher, tax=tax,
-                             meta={'row': row, 'k': info['k'], 'schedule': sch, 'pool': str(pool), 'selected': info['selected'], **(meta or {})})
-            runs.append({'seed': seed, 'miou': m['miou'], 'per_class_iou': m['per_class_iou'], 'k': info['k'],
-                         'in_share': float(np.mean([in_dist(i) for i in info['selected']]))})
-        mi = np.array([r['miou'] for r in runs])
-        res['rows'][row] = {'runs': runs, 'miou_mean': float(mi.mean()), 'miou_std': float(mi.std(ddof=1)) if len(mi) > 1 else 0.0,
-                            'k': runs[0]['k'], 'in_share': float(np.mean([r['in_share'] for r in runs]))}
-    return res
-
-def dfss_table(res:dict, # from `dfss_experiment`
-               ref:str='random' # the row paired differences are taken from
-              )->str:
-    "A markdown table: mIoU mean ± std per row, with K, the share of in-distribution images selected (mean over seeds), and the paired difference from `ref`."
-    n = len(res['config']['seeds'])
-    by_seed = {row: {x['seed']: x['miou'] for x in r['runs']} for row, r in res['rows'].items()}
-    lines = [f"| row | K | in-distribution share | mIoU (mean ± std over {n} seeds) | Δ vs {ref} (paired) |", '|---|---:|---:|---:|---:|']
-    for row, r in res['rows'].items():
-        dd = 'reference' if row == ref else paired_diff(by_seed[row], by_seed.get(ref, {}))
-        lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
-    return '\n'.join(lines)
-
-# %% ../nbs/11_dfss.ipynb #041bd9f5
-def auroc_table(sep:dict # mode -> {source: AUROC}, or mode -> AUROC
-               )->str:
-    "Markdown: one row per scoring mode, one column per out-of-distribution source."
-    sep = {m: v if isinstance(v, dict) else {'out of distribution': v} for m, v in sep.items()}
-    cols = list(next(iter(sep.values())))
-    rows = ['| scoring | ' + ' | '.join(f'vs {c}' for c in cols) + ' |', '|---|' + '---:|' * len(cols)]
-    return '\n'.join(rows + [f'| {m} | ' + ' | '.join(f'{v[c]:.3f}' for c in cols) + ' |' for m, v in sep.items()])

@@ -5,11 +5,15 @@
 # %% ../nbs/10_gskd.ipynb #425428a3
 from __future__ import annotations
 import math, warnings
+from pathlib import Path
 from typing import NamedTuple
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from .data import IGNORE, show_mask
 from .kd import grid_size, to_grid, downsample_targets
+from .train import LossTerm
+from .kd import register_term
+from .models import load_checkpoint
 
 # %% auto #0
 __all__ = ['CBSPoints', 'cbs_sample', 'point_xy', 'sort_points', 'show_cbs', 'gssm', 'point_features', 'show_gssm', 'gssm_figure',
@@ -28,11 +32,13 @@ class CBSPoints(NamedTuple):
     @property
     def padded(self)->torch.Tensor: return self.slot != self.cls
 
+# %% ../nbs/10_gskd.ipynb #23e5fb04
 def _draw(pool:torch.Tensor, k:int, g)->torch.Tensor:
     "k elements of `pool`: without replacement when it has enough, else with."
     if len(pool) >= k: return pool[torch.randperm(len(pool), generator=g)[:k]]
     return pool[torch.randint(len(pool), (k,), generator=g)]
 
+# %% ../nbs/10_gskd.ipynb #bed32bf2
 def _cbs_one(labels:torch.Tensor, valid:torch.Tensor, N:int, pad:str, g)->CBSPoints:
     "CBS in one image: `labels` [P] class ids on the flat grid, `valid` [P] bool."
     idx = valid.nonzero()[:, 0]                        # [V] flat indices of valid pixels
@@ -56,6 +62,7 @@ def _cbs_one(labels:torch.Tensor, valid:torch.Tensor, N:int, pad:str, g)->CBSPoi
         pts.append(pick); pcls.append(labels[pick]); slot.append(torch.full_like(pick, c))
     return CBSPoints(torch.cat(pts), torch.cat(pcls), torch.cat(slot))
 
+# %% ../nbs/10_gskd.ipynb #5e22ada0
 def cbs_sample(mask_small:torch.Tensor, # [B,h,w] (or [h,w]) labels on the feature grid, 255 = ignore
                teacher_pred_small:torch.Tensor=None, # [B,h,w] teacher argmax on the grid (needed when teacher_correct)
                n_per_class:int=8, # N, points per class
@@ -89,11 +96,13 @@ def point_xy(idx:torch.Tensor, # [B_pts] flat indices on the grid
     r, c = idx.cpu() // w, idx.cpu() % w
     return ((c.float() + 0.5) * W / w - 0.5).numpy(), ((r.float() + 0.5) * H / h - 0.5).numpy()
 
+# %% ../nbs/10_gskd.ipynb #9a38d40e
 def sort_points(pts:CBSPoints)->torch.Tensor:
     "An order of the points by slot class (padding last in its slot), so GSSM figures show class blocks."
     key = pts.slot.cpu() * 2 + pts.padded.cpu().long()
     return key.argsort(stable=True)
 
+# %% ../nbs/10_gskd.ipynb #6fb0d4d4
 def show_cbs(img, # [3,H,W] image (0..1)
              mask:torch.Tensor, # [H,W] labels
              pts:CBSPoints, # the points of this image
@@ -116,6 +125,7 @@ def gssm(F_pts:torch.Tensor # [..., B_pts, D] L2-normalised point features
     "Global structural similarity map: all pairwise cosine similarities `F Fᵀ` [..., B_pts, B_pts]."
     return F_pts @ F_pts.transpose(-1, -2)  # [..., B_pts, B_pts]
 
+# %% ../nbs/10_gskd.ipynb #f5784ea6
 def point_features(f:torch.Tensor, # [B,D,h,w] features on the grid
                    mode:str='paper' # 'paper': true per-pixel vectors; 'release': the released reshape
                   )->torch.Tensor:
@@ -134,6 +144,7 @@ def _class_ticks(ax, cls):
     ax.set_xticks((starts + ends) / 2 - 0.5, [str(v) for v in c[starts.astype(int)]], fontsize=6)
     ax.set_yticks([])
 
+# %% ../nbs/10_gskd.ipynb #dea55154
 def show_gssm(G_t:torch.Tensor, # [B_pts,B_pts] teacher GSSM
               G_s:torch.Tensor, # [B_pts,B_pts] student GSSM (same points)
               cls=None, # [B_pts] class of each point (draws class blocks)
@@ -150,6 +161,7 @@ def show_gssm(G_t:torch.Tensor, # [B_pts,B_pts] teacher GSSM
     plt.colorbar(im, ax=axes[2], fraction=0.046)
     return axes
 
+# %% ../nbs/10_gskd.ipynb #5679bc1c
 def gssm_figure(G_t:torch.Tensor, # [B_pts,B_pts] teacher GSSM
                 G_s:torch.Tensor, # [B_pts,B_pts] student GSSM
                 cls=None, # [B_pts] class ids of the points
@@ -177,6 +189,7 @@ def sid_perm(n:int, # number of points B_pts
     "One independent random permutation of the columns for every row: [n, n] (shared by teacher and student)."
     return torch.rand(n, n, generator=generator).argsort(1).to(device)  # [n,n] row i = a permutation of 0..n-1
 
+# %% ../nbs/10_gskd.ipynb #0c53e542
 def sid_descriptors(G:torch.Tensor, # [B_pts, B_pts] a GSSM
                     perm:torch.Tensor, # [B_pts, B_pts] row-wise permutations from `sid_perm`
                     group_width:int # S_w, columns per descriptor
@@ -226,6 +239,7 @@ def descriptor_kl(d_s:torch.Tensor, # [n_groups, B_pts, S_w] student descriptors
     if softmax_scope == 'row': kl = kl.mean(-1)         # [n_groups]
     return tau ** 2 * kl
 
+# %% ../nbs/10_gskd.ipynb #c9002198
 def gskd_points_loss(Fs:torch.Tensor, # [B_pts, D] L2-normalised student point features
                      Ft:torch.Tensor, # [B_pts, D] L2-normalised teacher point features
                      perm:torch.Tensor, # [B_pts, B_pts] SID permutations
@@ -241,6 +255,7 @@ def gskd_points_loss(Fs:torch.Tensor, # [B_pts, D] L2-normalised student point f
 # %% ../nbs/10_gskd.ipynb #88c0ee69
 _MODES, _REDUCTIONS = ('paper', 'release'), ('mean', 'sum', 'none')
 
+# %% ../nbs/10_gskd.ipynb #61a3e541
 def _check(f_s, f_t, mask, t_logits, teacher_correct, mode, reduction, softmax_scope, tau):
     for name, x, nd in (('student features f_s', f_s, 4), ('teacher features f_t', f_t, 4), ('mask', mask, 3)):
         if not torch.is_tensor(x) or x.ndim != nd:
@@ -259,6 +274,7 @@ def _check(f_s, f_t, mask, t_logits, teacher_correct, mode, reduction, softmax_s
     if softmax_scope not in ('descriptor', 'row'): raise ValueError(f"GSKD: softmax_scope must be 'descriptor' or 'row', got {softmax_scope!r}")
     if not tau > 0: raise ValueError(f"GSKD: tau must be > 0, got {tau}")
 
+# %% ../nbs/10_gskd.ipynb #6c26899e
 def gskd_loss(f_s:torch.Tensor, # [B,D,hs,ws] student features, already projected to the teacher's D
               f_t:torch.Tensor, # [B,D,ht,wt] teacher features
               mask:torch.Tensor, # [B,H,W] ground truth, 255 = ignore
@@ -322,9 +338,6 @@ class ProjectionHead(nn.Sequential):
         self.Ds, self.Dt = Ds, Dt
 
 # %% ../nbs/10_gskd.ipynb #ea3bd10e
-from .train import LossTerm
-from .kd import register_term
-
 _GSKD_OPTS = ('n_per_class', 'teacher_correct', 'pad', 'group_width', 'softmax_scope', 'tau', 'reduction', 'grid', 'mode')
 
 class GSKDTerm(LossTerm):
@@ -370,6 +383,7 @@ class GSKDTerm(LossTerm):
         if not loss.requires_grad and torch.is_grad_enabled() and p_s.requires_grad: loss = loss + 0.0 * p_s.sum()  # release mode
         return loss
 
+# %% ../nbs/10_gskd.ipynb #056480ac
 def gskd_term(student=None, # the student SegNet (gives Ds)
               teacher=None, # the teacher SegNet (gives Dt)
               feature:str='penultimate', **opts)->GSKDTerm:
@@ -396,6 +410,7 @@ def point_gssm(model:nn.Module, # a SegNet
     P = point_features(to_grid(f, grid))[0]                  # [h*w, D]
     return gssm(P[pts.idx.to(dev)]).cpu()                    # [B_pts, B_pts]
 
+# %% ../nbs/10_gskd.ipynb #c11ee911
 def _head_from(ck:dict, name:str='gskd')->nn.Module|None:
     "The GSKD projection head saved with a trainer checkpoint (None when the run had none)."
     sd = {k[len(name) + 6:]: v for k, v in ck.get('extra', {}).get('terms', {}).items() if k.startswith(f'{name}.head.')}
@@ -403,6 +418,7 @@ def _head_from(ck:dict, name:str='gskd')->nn.Module|None:
     h = ProjectionHead(sd['0.weight'].shape[1], sd['0.weight'].shape[0]); h.load_state_dict(sd)
     return h.eval()
 
+# %% ../nbs/10_gskd.ipynb #18bdc372
 def checkpoint_gssms(run_dir, # a run folder with step_*.pt (and last.pt)
                      image:torch.Tensor, pts:CBSPoints, grid:tuple, # as in `point_gssm`
                      feature:str='penultimate',
@@ -410,8 +426,6 @@ def checkpoint_gssms(run_dir, # a run folder with step_*.pt (and last.pt)
                      init:nn.Module=None # the initial model, shown as step 0
                     )->dict:
     "{step: GSSM} for every kept checkpoint of a run."
-    from pathlib import Path
-    from segkd_nb.models import load_checkpoint
     out = {0: point_gssm(init, image, pts, grid, feature)} if init is not None else {}
     paths = sorted(Path(run_dir).glob('step_*.pt')) or [Path(run_dir)/'last.pt']
     for p in paths:
@@ -421,6 +435,7 @@ def checkpoint_gssms(run_dir, # a run folder with step_*.pt (and last.pt)
         out[int(ck['step'])] = point_gssm(m, image, pts, grid, feature, h)
     return out
 
+# %% ../nbs/10_gskd.ipynb #26437dc9
 def structural_gap(G_s:torch.Tensor, G_t:torch.Tensor)->float:
     "Mean absolute difference of two GSSMs (0 = the same structure)."
     return float((torch.as_tensor(G_s) - torch.as_tensor(G_t)).abs().mean())
@@ -451,6 +466,7 @@ def gskd_snapshots(teacher:nn.Module, # the teacher SegNet
             snap['runs'][name + suffix] = {'steps': list(gs), 'G': [r(G) for G in gs.values()], 'gap': [round(structural_gap(G, G_t), 4) for G in gs.values()]}
     return snap
 
+# %% ../nbs/10_gskd.ipynb #86ea27d0
 def show_gap(snap:dict, ax=None)->plt.Axes:
     "Structural gap (mean |G_S - G_T|) over training, one line per run."
     if ax is None: _, ax = plt.subplots(figsize=(4, 2.6))
@@ -458,6 +474,7 @@ def show_gap(snap:dict, ax=None)->plt.Axes:
     ax.set_xlabel('step'); ax.set_ylabel('mean |G_S - G_T|'); ax.legend(fontsize=7); ax.grid(alpha=0.3)
     return ax
 
+# %% ../nbs/10_gskd.ipynb #53d6a6a9
 def gssm_slider(snap:dict, # from `gskd_snapshots` (or results/gskd_demo.json)
                 run:str=None # initial run
                ):

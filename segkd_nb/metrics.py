@@ -50,14 +50,17 @@ def _iou(self:ConfusionMatrix)->torch.Tensor:
     denom = m.sum(0) + m.sum(1) - tp
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float('nan')))
 
+# %% ../nbs/03_metrics.ipynb #ad0840e7
 def _miou(self:ConfusionMatrix)->float:
     "Mean IoU over classes present in target or prediction."
     return float(torch.nanmean(self.iou())) if not torch.isnan(self.iou()).all() else float('nan')
 
+# %% ../nbs/03_metrics.ipynb #64258607
 def _pixel_acc(self:ConfusionMatrix)->float:
     "Fraction of labelled pixels predicted correctly."
     return float(self.mat.diag().sum() / self.mat.sum().clamp(min=1))
 
+# %% ../nbs/03_metrics.ipynb #d3484f62
 def _summary(self:ConfusionMatrix, classes:list=None # class names (default: ids)
             )->dict:
     "`miou`, `per_class_iou` (by name; None for absent classes) and `pixel_acc`."
@@ -78,6 +81,7 @@ def per_class_table(results:dict, # name -> a `summary()` dict (or a metrics.jso
     rows += ['| **mIoU** | ' + ' | '.join(f"**{f(results[n]['miou'])}**" for n in names) + ' |']
     return '\n'.join(rows)
 
+# %% ../nbs/03_metrics.ipynb #0ed3adba
 def show_confusion(cm:ConfusionMatrix, # the matrix
                    classes:list=None, # class names
                    ax=None, normalize:bool=True # rows sum to 1
@@ -108,6 +112,7 @@ def location_prior(masks:torch.Tensor, # [N,H,W] training masks (255 = ignore)
     for k in range(n): oh[k] = (masks == k).sum(0)
     return oh.argmax(0)
 
+# %% ../nbs/03_metrics.ipynb #1742dbe7
 def colour_lut(images:torch.Tensor, # [N,3,H,W] uint8 or 0..1 float training images
                masks:torch.Tensor, # [N,H,W] masks (255 = ignore)
                n:int, # number of classes
@@ -119,11 +124,13 @@ def colour_lut(images:torch.Tensor, # [N,3,H,W] uint8 or 0..1 float training ima
     counts = torch.bincount(q[keep] * n + t[keep], minlength=bins**3 * n).reshape(bins**3, n)
     return counts.argmax(1)
 
+# %% ../nbs/03_metrics.ipynb #7f92173a
 def _quantise(images, bins):
     x = images.float() / (255 if images.dtype == torch.uint8 else 1)
     q = (x.clamp(0, 1) * (bins - 1e-3)).long()  # [N,3,H,W]
     return q[:, 0] * bins * bins + q[:, 1] * bins + q[:, 2]  # [N,H,W]
 
+# %% ../nbs/03_metrics.ipynb #ea691cc8
 def colour_predict(lut:torch.Tensor, images:torch.Tensor, bins:int=16)->torch.Tensor:
     "Apply a colour lookup table to [N,3,H,W] images -> [N,H,W] class ids."
     return lut[_quantise(images, bins)]

@@ -4,21 +4,22 @@
 
 # %% ../nbs/04_train.ipynb #b3a25033
 from __future__ import annotations
-import os, time, math, json, warnings
+import os, time, math, json, random, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
-from .config import get_device, get_dtype, autocast, seed_everything, save_json, load_json
+from fastcore.basics import patch
+from .config import get_device, get_dtype, autocast, seed_everything, save_json, load_json, CODE_VERSION
 from .data import IGNORE
 from .metrics import ConfusionMatrix
 from .models import SegNet, save_checkpoint, read_checkpoint, set_rng_state
 
 # %% auto #0
-__all__ = ['LossTerm', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'init_distributed', 'is_main', 'Trainer', 'predict',
-           'evaluate', 'show_history']
+__all__ = ['LossTerm', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'SeededItems', 'init_distributed', 'is_main', 'sync_module',
+           'Trainer', 'predict', 'evaluate', 'show_history']
 
 # %% ../nbs/04_train.ipynb #5d88ae46
 class LossTerm(nn.Module):
@@ -26,6 +27,7 @@ class LossTerm(nn.Module):
     needs: tuple = ()  # any of 'labels', 'teacher', 'weights'
     def forward(self, ctx:dict)->torch.Tensor: raise NotImplementedError
 
+# %% ../nbs/04_train.ipynb #b86d97bb
 class CETerm(LossTerm):
     "Cross-entropy with the labels (255 ignored)."
     needs = ('labels',)
@@ -36,10 +38,12 @@ class CETerm(LossTerm):
         if (mask != self.ignore_index).sum() == 0: return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
 
-# %% ../nbs/04_train.ipynb #4be35e63
+# %% ../nbs/04_train.ipynb #f555058f
+_CHOICES = dict(optimizer=('adamw', 'sgd'), device=('auto', 'cpu', 'cuda'), precision=('auto', 'fp32', 'bf16', 'fp16'), sync_bn=('auto', 'on', 'off'))
+
 @dataclass
 class TrainConfig:
-    "Optimisation settings of one run."
+    "Optimisation settings of one run (checked when made: a bad value fails before any work)."
     steps: int = 1000  # optimizer steps
     batch_size: int = 16  # per process
     lr: float = 2e-3  # peak learning rate
@@ -51,16 +55,32 @@ class TrainConfig:
     grad_clip: float = 0.0  # max grad norm (0 = off)
     seed: int = 0  # seeds init, data order and augmentation
     device: str = 'auto'  # auto | cpu | cuda
-    precision: str = 'auto'  # auto | fp32 | bf16 | fp16
+    precision: str = 'auto'  # auto | fp32 | bf16 | fp16 (fp16 runs with a gradient scaler)
     channels_last: bool = False  # NHWC memory format (faster on GPUs)
+    num_workers: int = 0  # DataLoader worker processes (augmentation stays paired: every item carries its own seed)
+    sync_bn: str = 'auto'  # SyncBatchNorm under DDP: auto (on CUDA) | on | off
+    compile: bool = False  # torch.compile the student's forward
     ckpt_every: int = 0  # write last.pt every N steps (0: only at the end)
     keep_every: int = 0  # also keep step_N.pt every N steps (for visualising training)
     log_every: int = 10  # history resolution
     progress: bool = True  # show a progress bar
+    def __post_init__(self): _check_cfg(self)
 
-# %% ../nbs/04_train.ipynb #d5b40e76
+# %% ../nbs/04_train.ipynb #0eafecab
+def _check_cfg(c:TrainConfig):
+    "Raise a ValueError naming the first bad field of `c`."
+    for k in ('steps', 'batch_size'):
+        if int(getattr(c, k)) < 1: raise ValueError(f"TrainConfig: {k} must be at least 1, got {getattr(c, k)}")
+    for k in ('warmup', 'num_workers', 'ckpt_every', 'keep_every', 'weight_decay', 'grad_clip'):
+        if getattr(c, k) < 0: raise ValueError(f"TrainConfig: {k} must not be negative, got {getattr(c, k)}")
+    if not c.lr > 0: raise ValueError(f"TrainConfig: lr must be positive, got {c.lr}")
+    if c.log_every < 1: raise ValueError(f"TrainConfig: log_every must be at least 1, got {c.log_every}")
+    for k, opts in _CHOICES.items():
+        if getattr(c, k) not in opts: raise ValueError(f"TrainConfig: {k}={getattr(c, k)!r} is not one of {opts}")
+
+# %% ../nbs/04_train.ipynb #5a31d9e8
 class StepBatchSampler(Sampler):
-    "Batches for steps `start..steps-1`; batch `s` depends only on `(seed, s)`."
+    "Batches for steps `start..steps-1`; batch `s` (indices and their augmentation seeds) depends only on `(seed, s)`."
     def __init__(self, n:int, # dataset size
                  batch_size:int, # per-process batch
                  steps:int, # total steps
@@ -69,25 +89,43 @@ class StepBatchSampler(Sampler):
                  rank:int=0, world:int=1, # DDP slice
                  weights:torch.Tensor=None # per-item sampling weights (sample with replacement)
                 ):
-        if n == 0: raise ValueError("empty dataset")
+        if n == 0: raise ValueError("empty dataset: nothing to train on")
         self.n, self.bs, self.steps, self.seed, self.start, self.rank, self.world, self.weights = n, batch_size, steps, seed, start, rank, world, weights
         self.gbs = batch_size * world
         self.per_epoch = max(1, n // self.gbs)
     def __len__(self): return self.steps - self.start
-    def batch(self, s:int)->list:
-        "Indices of this rank's batch at step `s`."
-        e, j = divmod(s, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 100003 + e)
-        if self.weights is not None: idx = torch.multinomial(self.weights, self.per_epoch * self.gbs, replacement=True, generator=g)
-        else:
-            idx = torch.randperm(self.n, generator=g)
-            if self.n < self.gbs: idx = idx.repeat(math.ceil(self.gbs / self.n))
-        gb = idx[j * self.gbs:(j + 1) * self.gbs]
-        return gb[self.rank * self.bs:(self.rank + 1) * self.bs].tolist()
     def __iter__(self):
-        for s in range(self.start, self.steps): yield self.batch(s)
+        for s in range(self.start, self.steps): yield [(i, self.item_seed(s, j)) for j, i in enumerate(self.batch(s))]
 
-# %% ../nbs/04_train.ipynb #ce7ca1a1
+# %% ../nbs/04_train.ipynb #056c0e62
+@patch
+def batch(self:StepBatchSampler, s:int)->list:
+    "Indices of this rank's batch at step `s`."
+    e, j = divmod(s, self.per_epoch)
+    g = torch.Generator().manual_seed(self.seed * 100003 + e)
+    if self.weights is not None: idx = torch.multinomial(self.weights, self.per_epoch * self.gbs, replacement=True, generator=g)
+    else:
+        idx = torch.randperm(self.n, generator=g)
+        if self.n < self.gbs: idx = idx.repeat(math.ceil(self.gbs / self.n))
+    gb = idx[j * self.gbs:(j + 1) * self.gbs]
+    return gb[self.rank * self.bs:(self.rank + 1) * self.bs].tolist()
+
+@patch
+def item_seed(self:StepBatchSampler, s:int, j:int)->int:
+    "The augmentation seed of position `j` of this rank's batch at step `s`."
+    return (self.seed * 1_000_003 + s * 4099 + (self.rank * self.bs + j) * 131) % 2**31
+
+# %% ../nbs/04_train.ipynb #c3df6d24
+class SeededItems(torch.utils.data.Dataset):
+    "Wraps a dataset so that item `(i, seed)` is `ds[i]` drawn with the random state set from `seed`."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, key):
+        i, seed = key
+        random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+        return self.ds[i]
+
+# %% ../nbs/04_train.ipynb #68fda0be
 def init_distributed()->tuple:
     "Start the process group under torchrun; returns `(rank, world)` ((0, 1) otherwise)."
     world = int(os.environ.get('WORLD_SIZE', 1))
@@ -98,20 +136,33 @@ def init_distributed()->tuple:
         if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     return dist.get_rank(), dist.get_world_size()
 
+# %% ../nbs/04_train.ipynb #774ca045
 def is_main()->bool:
     "True on rank 0 (or without DDP)."
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
-# %% ../nbs/04_train.ipynb #1fe992aa
+# %% ../nbs/04_train.ipynb #1b386149
+def sync_module(m:nn.Module, # a module outside DDP (e.g. a loss term's head)
+                grads:bool=False # average gradients (True) or broadcast weights and buffers from rank 0 (False)
+               ):
+    "Keep a module that DDP does not wrap identical on every rank."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return m
+    if grads:
+        for p in m.parameters():
+            if p.grad is not None: dist.all_reduce(p.grad); p.grad /= dist.get_world_size()
+    else:
+        for t in list(m.parameters()) + list(m.buffers()): dist.broadcast(t.data, 0)
+    return m
+
+# %% ../nbs/04_train.ipynb #91d49949
 def _poly(cfg:TrainConfig):
+    "The poly learning-rate factor at step s, with optional linear warm-up."
     def f(s):
         w = min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0
         return w * max(0.0, 1 - s / cfg.steps) ** cfg.poly_power
     return f
 
-def _to(batch:dict, device)->dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
+# %% ../nbs/04_train.ipynb #fc987c29
 class Trainer:
     "Train `model` with weighted loss `terms`, optionally distilling from a frozen `teacher`."
     def __init__(self, model:SegNet, # the student (or the supervised model)
@@ -128,148 +179,259 @@ class Trainer:
         self.device = get_device(self.cfg.device)
         if self.device.type == 'cuda' and self.world > 1: self.device = torch.device('cuda', torch.cuda.current_device())
         self.dtype = get_dtype(self.cfg.precision, self.device)
-        if not terms: raise ValueError("no loss terms given")
-        self.terms = nn.ModuleDict({k: t for k, (w, t) in terms.items()}).to(self.device)
-        self.weights = {k: float(w) for k, (w, t) in terms.items()}
-        needs = {n for t in self.terms.values() for n in t.needs}
-        if 'teacher' in needs and teacher is None: raise ValueError(f"terms {[k for k,t in self.terms.items() if 'teacher' in t.needs]} need a teacher")
-        self.needs = needs
-        if teacher is not None and teacher.num_classes != model.num_classes:
-            raise ValueError(f"teacher predicts {teacher.num_classes} classes but the student {model.num_classes}")
-        mf = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=mf)
-        self.teacher = teacher.to(self.device, memory_format=mf).eval().requires_grad_(False) if teacher is not None else None
-        self.ddp = self.model
-        if self.world > 1: self.ddp = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=False)
-        params = [{'params': [p for p in self.model.parameters() if p.requires_grad]}]
-        tp = [p for p in self.terms.parameters() if p.requires_grad]
-        if tp: params.append({'params': tp})
-        self.opt = (torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay) if self.cfg.optimizer == 'adamw'
-                    else torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _poly(self.cfg))
+        self._set_terms(terms, teacher, model)
+        self._set_models(model, teacher)
+        self._set_optim()
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks, self.taxonomy, self.meta = list(callbacks), taxonomy, dict(meta or {})
         self.step, self.history = 0, []
 
-# %% ../nbs/04_train.ipynb #e9b4153e
-def _run_config(self:Trainer)->dict:
-    return {'train': asdict(self.cfg), 'terms': {k: [self.weights[k], type(t).__name__] for k, t in self.terms.items()},
-            'arch': self.model.arch, 'num_classes': self.model.num_classes, 'world': self.world, **self.meta}
+# %% ../nbs/04_train.ipynb #c8fb5065
+@patch
+def _set_terms(self:Trainer, terms:dict, teacher, model):
+    "The loss terms, their weights, and what they need."
+    if not terms: raise ValueError("no loss terms given")
+    self.terms = nn.ModuleDict({k: t for k, (w, t) in terms.items()}).to(self.device)
+    self.weights = {k: float(w) for k, (w, t) in terms.items()}
+    self.needs = {n for t in self.terms.values() for n in t.needs}
+    if 'teacher' in self.needs and teacher is None: raise ValueError(f"terms {[k for k, t in self.terms.items() if 'teacher' in t.needs]} need a teacher")
+    if teacher is not None and teacher.num_classes != model.num_classes:
+        raise ValueError(f"teacher predicts {teacher.num_classes} classes but the student {model.num_classes}")
+    sync_module(self.terms)
 
-def _save(self:Trainer, path:str|Path=None)->Path:
+# %% ../nbs/04_train.ipynb #c5426895
+@patch
+def _set_models(self:Trainer, model:SegNet, teacher):
+    "Student (DDP, SyncBatchNorm, compile) and frozen teacher on the device."
+    mf = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+    if self.world > 1 and (self.cfg.sync_bn == 'on' or (self.cfg.sync_bn == 'auto' and self.device.type == 'cuda')):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    self.model = model.to(self.device, memory_format=mf)
+    self.teacher = teacher.to(self.device, memory_format=mf).eval().requires_grad_(False) if teacher is not None else None
+    self.ddp = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+    self.forward = torch.compile(self.ddp) if self.cfg.compile else self.ddp
+
+# %% ../nbs/04_train.ipynb #a9742ee7
+@patch
+def _set_optim(self:Trainer):
+    "Optimizer over the student and the terms' parameters, poly schedule, gradient scaler (fp16 only)."
+    params = [{'params': [p for p in self.model.parameters() if p.requires_grad]}]
+    tp = [p for p in self.terms.parameters() if p.requires_grad]
+    if tp: params.append({'params': tp})
+    c = self.cfg
+    self.opt = (torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay) if c.optimizer == 'adamw'
+                else torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
+    self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _poly(c))
+    self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+# %% ../nbs/04_train.ipynb #b900bb6a
+@patch
+def run_config(self:Trainer)->dict:
+    "What identifies the run: the optimisation settings, the terms, the model and the code version."
+    return {'train': asdict(self.cfg), 'terms': {k: [self.weights[k], type(t).__name__] for k, t in self.terms.items()},
+            'arch': self.model.arch, 'num_classes': self.model.num_classes, 'world': self.world, 'code_version': CODE_VERSION, **self.meta}
+
+@patch
+def save(self:Trainer, path:str|Path=None)->Path:
     "Write the full training state (rank 0 only)."
     path = Path(path) if path else self.run_dir/'last.pt'
     if is_main():
         save_checkpoint(path, self.model, self.opt, self.step, self.run_config(), self.taxonomy,
-                        extra={'terms': self.terms.state_dict(), 'sched': self.sched.state_dict(), 'history': self.history})
+                        extra={'terms': self.terms.state_dict(), 'sched': self.sched.state_dict(), 'scaler': self.scaler.state_dict(), 'history': self.history})
     return path
 
-def _resume(self:Trainer, path:str|Path)->bool:
-    "Restore the state saved at `path`; False when it does not exist."
+# %% ../nbs/04_train.ipynb #ca5b15db
+_VOLATILE = ('world', 'progress', 'log_every', 'ckpt_every', 'keep_every', 'num_workers', 'device', 'compile')
+
+def _config_diff(have:dict, want:dict)->dict:
+    "Keys whose values differ between two run configs, ignoring settings that do not change the result."
+    strip = lambda c: {k: ({a: b for a, b in v.items() if a not in _VOLATILE} if k == 'train' else v) for k, v in c.items() if k not in _VOLATILE}
+    h, w = strip(have), strip(want)
+    return {k: (h.get(k), w.get(k)) for k in set(h) | set(w) if h.get(k) != w.get(k)}
+
+@patch
+def check_resume(self:Trainer, path:str|Path)->dict|None:
+    "The checkpoint at `path` when this run can resume from it, None when there is none; raises when its config differs."
     path = Path(path)
-    if not path.exists(): return False
+    if not path.exists(): return None
     ck = read_checkpoint(path, map_location=self.device)
-    want, have = self.run_config(), ck['config']
-    diff = {k: (have.get(k), want[k]) for k in want if k not in ('world',) and have.get(k) != want[k]}
-    if diff: raise ValueError(f"{path}: cannot resume, the run's config differs: {diff}")
+    diff = _config_diff(ck['config'], self.run_config())
+    if diff: raise ValueError(f"{path}: cannot resume, the run's config differs: {diff} (use another run folder)")
+    return ck
+
+# %% ../nbs/04_train.ipynb #34136668
+@patch
+def resume(self:Trainer, path:str|Path)->bool:
+    "Restore the state saved at `path`; False when it does not exist."
+    ck = self.check_resume(path)
+    if ck is None: return False
     self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['optimizer'])
     self.terms.load_state_dict(ck['extra']['terms']); self.sched.load_state_dict(ck['extra']['sched'])
+    if 'scaler' in ck['extra']: self.scaler.load_state_dict(ck['extra']['scaler'])
     self.history, self.step = ck['extra']['history'], ck['step']
     set_rng_state(ck['rng'])
     return True
-Trainer.run_config, Trainer.save, Trainer.resume = _run_config, _save, _resume
 
-# %% ../nbs/04_train.ipynb #0f3ae372
-def _train_step(self:Trainer, batch:dict)->dict:
+# %% ../nbs/04_train.ipynb #e6d92be3
+@patch
+def teacher_outputs(self:Trainer, img:torch.Tensor # [B,3,H,W] the student's input
+                   )->dict|None:
+    "The frozen teacher's outputs on `img` (resized to the teacher's own input size when it has one)."
+    if self.teacher is None: return None
+    size = getattr(self.teacher, 'input_size', None)
+    x = img if not size or tuple(size) == tuple(img.shape[-2:]) else F.interpolate(img, size=tuple(size), mode='bilinear', align_corners=False)
+    with torch.inference_mode(), autocast(self.device, self.dtype): out = self.teacher(x)
+    return {k: v.clone() for k, v in out.items()}
+
+# %% ../nbs/04_train.ipynb #95a546c3
+@patch
+def train_step(self:Trainer, batch:dict)->dict:
     "One optimizer step on `batch`; returns the loss of each term."
     cfg, dev = self.cfg, self.device
     img = batch['image'].to(dev, non_blocking=True)
     if cfg.channels_last: img = img.contiguous(memory_format=torch.channels_last)
-    mask = batch['mask'].to(dev) if 'mask' in batch else None  # [B,H,W]; every term may use it to skip ignore pixels
+    mask = batch['mask'].to(dev, non_blocking=True) if 'mask' in batch else None  # [B,H,W]
     if 'labels' in self.needs and mask is None: raise ValueError("a loss term needs labels but the batch has none (data-free data?)")
-    t_out = None
-    if self.teacher is not None:
-        with torch.inference_mode(), autocast(dev, self.dtype): t_out = self.teacher(img)
-        t_out = {k: v.float().clone() for k, v in t_out.items()}
+    t_out = self.teacher_outputs(img)
     self.model.train(); self.terms.train()
     with autocast(dev, self.dtype):
-        s_out = self.ddp(img)
+        s_out = self.forward(img)
         ctx = {'image': img, 'mask': mask, 's': s_out, 't': t_out, 's_strides': self.model.strides,
                't_strides': self.teacher.strides if self.teacher is not None else None,
-               'weight': batch['weight'].to(dev).float() if 'weight' in batch else None,
-               'ids': batch.get('id'), 'progress': self.step / cfg.steps}
+               'weight': batch['weight'].to(dev).float() if 'weight' in batch else None, 'ids': batch.get('id'), 'progress': self.step / cfg.steps}
         losses = {k: t(ctx).float() for k, t in self.terms.items()}
     loss = sum(self.weights[k] * v for k, v in losses.items())
     if not torch.isfinite(loss): raise FloatingPointError(f"step {self.step}: non-finite loss {({k: float(v) for k, v in losses.items()})}")
-    self.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip: nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g['params']], cfg.grad_clip)
-    self.opt.step(); self.sched.step()
+    self.backward(loss)
     return {k: float(v.detach()) for k, v in losses.items()} | {'loss': float(loss.detach())}
-Trainer.train_step = _train_step
 
-# %% ../nbs/04_train.ipynb #e99a03d3
-def _fit(self:Trainer, ds, # a dataset of dicts (`image`, optional `mask`, `weight`, `id`)
-         resume:bool=True, # continue from run_dir/last.pt when present
-         stop_at:int=None, # stop early after this step (simulates an interruption)
-         sample_weights:torch.Tensor=None # per-item sampling weights (compound datasets)
-        )->list:
+# %% ../nbs/04_train.ipynb #b494e221
+@patch
+def backward(self:Trainer, loss:torch.Tensor):
+    "Backward through the scaler, average the terms' gradients over ranks, clip, step."
+    self.opt.zero_grad(set_to_none=True)
+    self.scaler.scale(loss).backward()
+    sync_module(self.terms, grads=True)
+    if self.cfg.grad_clip:
+        self.scaler.unscale_(self.opt)
+        nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g['params']], self.cfg.grad_clip)
+    self.scaler.step(self.opt); self.scaler.update(); self.sched.step()
+
+# %% ../nbs/04_train.ipynb #80c78e7e
+@patch
+def loader(self:Trainer, ds, sample_weights:torch.Tensor=None)->DataLoader:
+    "The DataLoader of the remaining steps: seeded items, `num_workers`, pinned memory on CUDA."
+    cfg = self.cfg
+    smp = StepBatchSampler(len(ds), cfg.batch_size, cfg.steps, cfg.seed, self.step, self.rank, self.world, sample_weights)
+    return DataLoader(SeededItems(ds), batch_sampler=smp, num_workers=cfg.num_workers, collate_fn=getattr(ds, 'collate_fn', None),
+                      pin_memory=self.device.type == 'cuda', persistent_workers=False)
+
+# %% ../nbs/04_train.ipynb #212313f9
+@patch
+def fit(self:Trainer, ds, # a dataset of dicts (`image`, optional `mask`, `weight`, `id`)
+        resume:bool=True, # continue from run_dir/last.pt when present
+        stop_at:int=None, # stop early after this step (simulates an interruption)
+        sample_weights:torch.Tensor=None # per-item sampling weights (compound datasets)
+       )->list:
     "Train for `cfg.steps` steps; returns the history of logged losses."
     cfg = self.cfg
     if resume and self.run_dir is not None and self.resume(self.run_dir/'last.pt'):
         if is_main() and self.step < cfg.steps: print(f"resumed from {self.run_dir/'last.pt'} at step {self.step}")
-    else: seed_everything(cfg.seed + self.rank)
-    sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.steps, cfg.seed, self.step, self.rank, self.world, sample_weights)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=0, collate_fn=getattr(ds, 'collate_fn', None))
     bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and is_main()), mininterval=2, desc=self.meta.get('name', 'train'))
-    t0, it = time.time(), iter(loader)
-    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
+    t0, it, end = time.time(), iter(self.loader(ds, sample_weights)), min(cfg.steps, stop_at or cfg.steps)
     while self.step < end:
-        torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.rank)  # augmentation and dropout depend on the step only
         batch = next(it)
+        torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.rank)  # dropout and the terms' draws depend on the step only
         logs = self.train_step(batch)
         self.step += 1; bar.update(1)
-        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-            self.history.append({'step': self.step, 'lr': self.sched.get_last_lr()[0], **logs}); bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        for cb in self.callbacks:
-            if hasattr(cb, 'on_step'): cb.on_step(self, self.step, logs)
-        if self.run_dir is not None:
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0: self.save()
-            if cfg.keep_every and self.step % cfg.keep_every == 0: self.save(self.run_dir/f'step_{self.step:06d}.pt')
+        self._after_step(logs)
     bar.close()
     self.wall_s = time.time() - t0
     if self.run_dir is not None: self.save()
     for cb in self.callbacks:
         if hasattr(cb, 'on_end'): cb.on_end(self)
     return self.history
-Trainer.fit = _fit
 
-# %% ../nbs/04_train.ipynb #b217d8aa
+# %% ../nbs/04_train.ipynb #fef7fc42
+@patch
+def _after_step(self:Trainer, logs:dict):
+    "Log, call back, checkpoint."
+    cfg = self.cfg
+    if self.step % cfg.log_every == 0 or self.step == cfg.steps: self.history.append({'step': self.step, 'lr': self.sched.get_last_lr()[0], **logs})
+    for cb in self.callbacks:
+        if hasattr(cb, 'on_step'): cb.on_step(self, self.step, logs)
+    if self.run_dir is not None:
+        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0: self.save()
+        if cfg.keep_every and self.step % cfg.keep_every == 0: self.save(self.run_dir/f'step_{self.step:06d}.pt')
+
+# %% ../nbs/04_train.ipynb #3d8dd1ed
+def _window_probs(model, x:torch.Tensor, window:tuple, stride:tuple)->torch.Tensor:
+    "Softmax probabilities [B,K,H,W] of `x` from overlapping windows, averaged where they overlap."
+    B, _, H, W = x.shape; wh, ww = min(window[0], H), min(window[1], W)
+    sh, sw = stride or (max(1, wh * 2 // 3), max(1, ww * 2 // 3))
+    ys = sorted({*range(0, H - wh + 1, sh), H - wh}); xs = sorted({*range(0, W - ww + 1, sw), W - ww})
+    acc = cnt = 0
+    for y in ys:
+        for x0 in xs:
+            p = model(x[..., y:y + wh, x0:x0 + ww])['logits'].float().softmax(1)  # [B,K,wh,ww]
+            acc = acc + F.pad(p, (x0, W - x0 - ww, y, H - y - wh))                # [B,K,H,W]
+            cnt = cnt + F.pad(torch.ones_like(p[:, :1]), (x0, W - x0 - ww, y, H - y - wh))
+    return acc / cnt
+
+# %% ../nbs/04_train.ipynb #5eac742c
 @torch.inference_mode()
 def predict(model:SegNet, images:torch.Tensor, # [B,3,H,W]
+            out_size:tuple=None, # (H, W) of the labels (default: the images')
+            size:tuple=None, # (h, w) the model reads at scale 1 (default: the images')
+            scales:tuple=(1.0,), flip:bool=False, # multi-scale and flip test-time augmentation
+            window:tuple=None, stride:tuple=None, # sliding-window inference (None: whole image)
             device=None, dtype=None)->torch.Tensor:
-    "Logits `[B,K,H,W]` of `model` in eval mode."
+    "Class probabilities `[B,K,H,W]` at `out_size`, averaged over scales, flips and windows."
     device = device or next(model.parameters()).device
-    model.eval()
-    with autocast(device, dtype): return model(images.to(device))['logits'].float()
+    model.eval(); x = images.to(device)
+    out_size, size = tuple(out_size or x.shape[-2:]), tuple(size or x.shape[-2:])
+    acc = 0
+    with autocast(device, dtype):
+        for s in scales:
+            xs = F.interpolate(x, size=(round(size[0] * s), round(size[1] * s)), mode='bilinear', align_corners=False)
+            for fl in ((False, True) if flip else (False,)):
+                xi = xs.flip(-1) if fl else xs
+                p = _window_probs(model, xi, window, stride) if window else model(xi)['logits'].float().softmax(1)  # [B,K,h,w]
+                p = p.flip(-1) if fl else p
+                acc = acc + F.interpolate(p.float(), size=out_size, mode='bilinear', align_corners=False)
+    return acc / (len(scales) * (2 if flip else 1))
 
+# %% ../nbs/04_train.ipynb #44fbb0db
 def evaluate(model:SegNet, # the model
-             ds, # a labelled dataset
+             ds, # a labelled dataset (labels at their native resolution, or resized)
              classes:list=None, # class names for the summary
              batch_size:int=16, device=None, precision:str='auto',
+             size:tuple=None, # (h, w) the model reads (default: each image as it comes)
+             scales:tuple=(1.0,), flip:bool=False, window:tuple=None, # test-time augmentation (see `predict`)
+             num_workers:int=0, # DataLoader workers
              return_cm:bool=False # also return the ConfusionMatrix
             ):
-    "mIoU, per-class IoU and pixel accuracy of `model` on `ds`."
+    "mIoU, per-class IoU and pixel accuracy of `model` on `ds`, scored at the labels' resolution."
     device = get_device(device) if isinstance(device, (str, type(None))) else device
     model = model.to(device); dtype = get_dtype(precision, device)
     cm = ConfusionMatrix(model.num_classes)
     idx = list(range(len(ds)))
     if dist.is_available() and dist.is_initialized(): idx = idx[dist.get_rank()::dist.get_world_size()]
-    loader = DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False)
-    for b in loader: cm.update(predict(model, b['image'], device, dtype).argmax(1).cpu(), b['mask'])
+    loader = DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_eval)
+    for group in loader:
+        for b in group:
+            p = predict(model, b['image'], b['mask'].shape[-2:], size, scales, flip, window, device=device, dtype=dtype)
+            cm.update(p.argmax(1).cpu(), b['mask'])
     cm.all_reduce()
     s = cm.summary(classes)
     return (s, cm) if return_cm else s
+
+# %% ../nbs/04_train.ipynb #cee0aa26
+def _collate_eval(items:list)->list:
+    "Batches of items of one size (native-resolution datasets mix sizes)."
+    groups = {}
+    for it in items: groups.setdefault((tuple(it['image'].shape), tuple(it['mask'].shape)), []).append(it)
+    return [{'image': torch.stack([i['image'] for i in g]), 'mask': torch.stack([i['mask'] for i in g])} for g in groups.values()]
 
 # %% ../nbs/04_train.ipynb #fe745289
 def show_history(history:list, # `Trainer.history` (or several, by name)

@@ -152,7 +152,8 @@ def test_unknown_ids_error():
 
 # ---------------------------------------------------------------- guidance
 from segkd_nb.d3s2 import (Guidance, GuidanceConfig, class_feature_moments, masked_class_moments, distill_dataset, load_distilled,
-                           guidance_from_spec, export_distilled_fiftyone)
+                           guidance_from_spec)
+from segkd_nb.fo import export_distilled_fiftyone
 from segkd_nb.l2i import L2I, L2IConfig, toy_layouts, sample_l2i, mask_following, load_controlnet_pipeline, train_l2i, load_l2i
 from segkd_nb.models import build_model
 from segkd_nb.data import Taxonomy, _write_pair

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 from segkd_nb.data import PoolDataset, collate_skip, DataError
 from segkd_nb.dfss import (bn_layers, set_bn_stats, ads_scores, image_moments, pooled_distance, moment_distances, ads_greedy,
                            ads_select, resolve_k, auroc, wdpd_w0, wdpd_weights, wdpd_schedule, SCHEDULES, WDPDKDTerm,
-                           pool_paths, data_free_data, AuxPool, check_label_free, distill_data_free, register_cli)
+                           pool_paths, data_free_data, AuxPool, check_label_free, distill_data_free)
 
 # ---------------------------------------------------------------- small models and pools
 class Toy(nn.Module):
@@ -219,7 +219,7 @@ def test_wdpd_term_equals_weighted_loop_and_is_registered():
     assert loss.item() == pytest.approx(float((w0 * kd).sum() / w0.sum()), rel=1e-5)
     loss.backward(); assert zs.grad[:2].abs().sum() > 0 and zs.grad[2].abs().sum() == 0  # the farthest image counts 0 at t=0
     assert WDPDKDTerm(tau, 'linear')(ctx | {'progress': 0.8}).item() == pytest.approx(float(kd.mean()), rel=1e-5)
-    assert 'wdpd' in TERMS and isinstance(build_terms('wdpd', opts={'wdpd': {'schedule': 'power'}})['wdpd'][1], WDPDKDTerm)
+    assert 'wdpd' in TERMS and isinstance(build_terms('wdpd:schedule=power')['wdpd'][1], WDPDKDTerm)
 
 # ---------------------------------------------------------------- pools: bad files, label folders, no labels
 def test_corrupt_and_unreadable_pool_images_are_skipped_and_counted(tmp_path, caplog):
@@ -302,15 +302,16 @@ def _ckpt(tmp_path):
 def test_cli_score_and_select(tmp_path):
     root = write_pool(tmp_path/'pool', 4, 4)
     ck, m = _ckpt(tmp_path)
-    ap = argparse.ArgumentParser(); register_cli(ap.add_subparsers(dest='cmd'))
-    a = ap.parse_args(['ads', 'score', '--teacher', str(ck), '--pool', str(root), '--size', '24', '32', '--out', str(tmp_path/'s.csv'), '--device', 'cpu'])
-    assert a.func(a) == 0
+    from segkd_nb.cli import build_parser
+    ap = build_parser()
+    a = ap.parse_args(['ads', 'score', '--teacher', str(ck), '--pool', str(root), '--size', '24x32', '--out', str(tmp_path/'s.csv'), '--device', 'cpu'])
+    a.func(a)
     rows = list(csv.DictReader(open(tmp_path/'s.csv')))
     assert len(rows) == 8 and [k for k in rows[0] if k.startswith('d:')] == [f'd:{n}' for n in bn_layers(m)]
     direct = ads_scores(m, DataLoader(PoolDataset(pool_paths(root)[0], (24, 32)), batch_size=8)).distance
     assert np.allclose([float(r['distance']) for r in rows], direct.numpy(), rtol=1e-5)
-    a = ap.parse_args(['ads', 'select', '--teacher', str(ck), '--pool', str(root), '--size', '24', '32', '--k', '3', '--out', str(tmp_path/'sel.json'), '--device', 'cpu'])
-    assert a.func(a) == 0
+    a = ap.parse_args(['ads', 'select', '--teacher', str(ck), '--pool', str(root), '--size', '24x32', '--k', '3', '--out', str(tmp_path/'sel.json'), '--device', 'cpu'])
+    a.func(a)
     js = json.loads((tmp_path/'sel.json').read_text())
     assert js['k'] == 3 and sum(r['selected'] for r in js['items']) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]  # atomic writes leave nothing behind
@@ -318,10 +319,10 @@ def test_cli_score_and_select(tmp_path):
 def test_cli_registered_in_package_parser():
     from segkd_nb.cli import build_parser
     a = build_parser().parse_args(['ads', 'select', '--teacher', 't.pt', '--pool', 'p', '--k', '0.25'])
-    assert a.k == 0.25 and a.func.__name__ == 'cli_ads_select'
+    assert a.k == 0.25 and a.func.__name__ == 'cmd_ads' and a.ads_cmd == 'select'
 
 def test_export_pool_to_fiftyone(fo_db, tmp_path):
-    from segkd_nb.dfss import export_pool
+    from segkd_nb.fo import export_pool
     root = write_pool(tmp_path/'pool', 3, 3)
     _, m = _ckpt(tmp_path)
     _, info = data_free_data(m, root, 'ads', k=2, size=(24, 32))
@@ -339,7 +340,7 @@ def test_export_pool_to_fiftyone(fo_db, tmp_path):
 
 def test_dfss_experiment_smoke(tmp_path, monkeypatch):
     import segkd_nb.dfss as dfss
-    from segkd_nb.dfss import dfss_experiment, dfss_table, DFSS_ROWS
+    from segkd_nb.experiments.dfss import dfss_experiment, dfss_table, DFSS_ROWS
     calls, real = [], dfss.score_pool
     monkeypatch.setattr(dfss, 'score_pool', lambda *a, **kw: calls.append(1) or real(*a, **kw))
     from segkd_nb.models import build_model

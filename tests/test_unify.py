@@ -6,7 +6,7 @@ from PIL import Image
 from segkd_nb.data import DataError, Taxonomy, TaxonomyMapping, camvid_taxonomy, idd_lite_taxonomy, CAMVID_TO_IDD
 from segkd_nb.unify import (MappingWarning, allowed_lut, allowed_mask, check_mapping, load_mapping, raw_pseudo_label,
                             unified_pseudo_label, write_pseudo_labels, write_toy_scenes, paired_dirs, compound_dataset,
-                            PaletteTeacher, png_ok, teacher_probs, get_taxonomy, register_cli)
+                            PaletteTeacher, png_ok, teacher_probs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,8 @@ def test_shape_and_label_errors():
     with pytest.raises(DataError, match=r'target labels \[9, 40\]'):
         unified_pseudo_label(p, torch.tensor([[[9, 40, 0, 0]] * 4]), lut)
     with pytest.raises(ValueError, match='void_policy'): unified_pseudo_label(p, torch.zeros(1, 4, 4, dtype=torch.long), lut, 'maybe')
-    with pytest.raises(DataError, match='unknown taxonomy'): get_taxonomy('street99')
+    from segkd_nb.datasets import data_taxonomy
+    with pytest.raises(DataError, match='unknown dataset or taxonomy'): data_taxonomy('street99')
 
 # ---------------------------------------------------------------- the writer: crash, resume, shards
 SCRIPT = textwrap.dedent('''
@@ -222,7 +223,8 @@ def test_cli_pseudo_label_and_train(toy, tmp_path):
     cv = camvid_taxonomy(); torch.manual_seed(0)
     save_checkpoint(tmp_path/'t.pt', build_model('tiny_s', cv.n), taxonomy=cv)
     TaxonomyMapping(cv, idd_lite_taxonomy(), CAMVID_TO_IDD).to_yaml(tmp_path/'m.yaml')
-    ap = argparse.ArgumentParser(); register_cli(ap.add_subparsers(dest='cmd'))
+    from segkd_nb.cli import build_parser
+    ap = build_parser()
     a = ap.parse_args(['unify', 'pseudo-label', '--teacher', str(tmp_path/'t.pt'), '--mapping', str(tmp_path/'m.yaml'), '--target-tax', 'idd_lite',
                        '--images', str(root/'images'), '--labels', str(root/'labels'), '--out', str(tmp_path/'pl'), '--scales', '1', '--quiet'])
     assert a.func(a)['written'] == 12
@@ -245,7 +247,7 @@ def test_allowed_set_holds_when_the_teacher_gives_it_zero_probability():
     assert got.tolist() == [[[m.src.index('Road'), m.src.index('Building')], [m.src.index('Car'), m.src.index('Pedestrian')]]]
 
 def test_export_unify_fiftyone(fo_db, toy, tmp_path):
-    from segkd_nb.unify import export_unify
+    from segkd_nb.fo import export_unify
     d, root, ref = toy
     cv, idd = camvid_taxonomy(), idd_lite_taxonomy()
     pl = d/'ref'  # the reference run of the `toy` fixture
