@@ -127,6 +127,44 @@ def register_data(sub):
     i.add_argument('dir', help='your dataset folder (train/ val/ with images/ and labels/)'); i.add_argument('--force', action='store_true')
     i.add_argument('--max-files', type=_pos_int, default=2000, help='label files read to find the values'); i.set_defaults(func=cmd_data_init)
 
+# %% ../nbs/40_cli.ipynb #0c9005a9
+def _json(s:str)->dict:
+    "An argparse type: a JSON object (or a name, returned as a string)."
+    s = s.strip()
+    if not s.startswith('{'): return s
+    try: return json.loads(s)
+    except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+
+def _model_opts(p, prefix:str='teacher', required:bool=False, positional:bool=False):
+    "--PREFIX (checkpoint, run folder or plain weights) and the options that build a model for plain weights."
+    if positional: p.add_argument(prefix, help='a segkd checkpoint, a run folder, or plain weights (with --arch)')
+    else: p.add_argument(f'--{prefix}', required=required, help='a segkd checkpoint, a run folder, or a plain state_dict (with --%s-arch)' % prefix)
+    pre = '' if positional else f'{prefix}-'
+    p.add_argument(f'--{pre}arch', help="for plain weights: a registry name, 'package.module:factory' or 'file.py:factory'")
+    p.add_argument(f'--{pre}kwargs', type=_json, help='the factory\'s keyword arguments, JSON'); p.add_argument(f'--{pre}norm', type=_json, help='imagenet | imagenet255 | caffe | JSON {mean,std,channels,max_value}')
+    p.add_argument(f'--{pre}input-size', type=_size, help='HxW the model was trained at'); p.add_argument(f'--{pre}pad-to', type=_pos_int, default=1)
+    p.add_argument(f'--{pre}void-channel', type=_nonneg_int, help='an extra output channel to drop')
+    if not any(o == '--min-loaded' for a in p._actions for o in a.option_strings):
+        p.add_argument('--min-loaded', type=_nonneg_float, default=0.9, help='smallest share of a model plain weights must fill')
+        p.add_argument('--trust-code', action='store_true', help='rebuild a checkpoint whose model is built by code it names')
+
+# %% ../nbs/40_cli.ipynb #ee51b9f9
+def _load_model(a, prefix:str, tax=None, positional:bool=False):
+    "The model behind --PREFIX (eval mode), its class names checked against `tax`."
+    from segkd_nb.models import load_checkpoint, build_model
+    from segkd_nb.data import check_same_classes
+    g = lambda k: getattr(a, (k if positional else f'{prefix}_{k}'), None)
+    path = getattr(a, prefix)
+    if g('arch'):
+        if tax is None: raise ValueError(f"--{prefix}-arch needs the dataset's taxonomy to know the class count")
+        m = build_model(g('arch'), tax.n, weights=path, min_loaded=a.min_loaded, kwargs=g('kwargs'), norm=g('norm'), pad_to=g('pad_to') or 1,
+                        void_channel=g('void_channel'), input_size=g('input_size'))
+        print(f"{path}: {getattr(m, 'load_report', '')}", file=sys.stderr)
+        return m.eval()
+    m, ck = load_checkpoint(_ckpt_path(path), num_classes=tax.n if tax is not None else None, trust_code=a.trust_code or None)
+    if tax is not None and ck.get('taxonomy'): check_same_classes(ck['taxonomy']['classes'], tax, f"{path} vs dataset {tax.name}")
+    return m.eval()
+
 # %% ../nbs/40_cli.ipynb #6f43fda1
 def _preset(a, **extra):
     "The preset of the command, with --data, --size, --batch-size, --lr applied (size from the data when a folder has none)."
@@ -161,16 +199,15 @@ def cmd_train(a):
     p = _preset(a); tax = data_taxonomy(p.data)
     arch = a.arch or p.teacher_arch; width = a.width or (p.teacher_width if arch == p.teacher_arch else None)
     run = _run_dir(a, 'train', p.data, arch)
-    res = run_training(run, lambda: build_model(arch, tax.n, width=width), build_terms('', ce=1.0), load_split(p.data, a.split or p.teacher_split, p.size),
+    res = run_training(run, lambda: build_model(arch, tax.n, width=width, kwargs=a.kwargs, backbone_weights=a.backbone_weights, weights=a.init_weights), build_terms('', ce=1.0), load_split(p.data, a.split or p.teacher_split, p.size),
                        load_split(p.data, 'val', p.size), _cfg(a, p, p.teacher_steps), tax=tax, meta={'data': p.data, 'size': list(p.size), 'preset': a.preset})
     print(f"{run}: mIoU {100*res['miou']:.1f}")
 
 # %% ../nbs/40_cli.ipynb #dfc93cc6
-def _teacher(a, p, n:int):
-    "The teacher of `distill`/`ablate`: --teacher CKPT, or the preset's cached one."
-    from segkd_nb.models import load_checkpoint
+def _teacher(a, p, tax):
+    "The teacher of `distill`: --teacher (checkpoint, run folder or plain weights), or the preset's cached one."
     from segkd_nb.runs import cached_teacher
-    return (load_checkpoint(a.teacher, num_classes=n)[0] if a.teacher else cached_teacher(p)[0]).eval()
+    return _load_model(a, 'teacher', tax) if a.teacher else cached_teacher(p)[0].eval()
 
 def cmd_distill(a):
     "`segkd distill`: a student from a teacher, with a loss spec; or data-free on an auxiliary pool."
@@ -181,13 +218,13 @@ def cmd_distill(a):
     import segkd_nb.gskd, segkd_nb.dfss  # their terms join the registry
     spec = f'wdpd:schedule={a.wdpd}' if a.data_free and a.wdpd != 'none' else a.loss
     _check_loss(spec)
-    p = _preset(a); tax = data_taxonomy(p.data); teacher = _teacher(a, p, tax.n)
+    p = _preset(a); tax = data_taxonomy(p.data); teacher = _teacher(a, p, tax)
     arch = a.arch or p.student_arch; width = a.width or (p.student_width if arch == p.student_arch else None)
     meta = {'data': p.data, 'size': list(p.size), 'preset': a.preset, 'teacher': a.teacher or 'cached', 'loss': spec}
     if a.data_free: ds, extra = _data_free(a, p, teacher); meta |= extra
     else: ds = load_split(p.data, a.split, p.size)
     run = _run_dir(a, 'distill-free' if a.data_free else 'distill', p.data, (f"{a.select}-{a.wdpd}" if a.data_free else spec.replace('+', '_').replace(':', '-').replace(',', '-').replace('=', '')))
-    res = run_training(run, lambda: build_model(arch, tax.n, width=width), lambda st: build_terms(spec, st, teacher, ce=0.0 if a.data_free else a.ce),
+    res = run_training(run, lambda: build_model(arch, tax.n, width=width, kwargs=a.kwargs, backbone_weights=a.backbone_weights, weights=a.init_weights), lambda st: build_terms(spec, st, teacher, ce=0.0 if a.data_free else a.ce),
                        ds, load_split(p.data, 'val', p.size), _cfg(a, p, p.student_steps), teacher=teacher, tax=tax, meta=meta)
     print(f"{run.name}: mIoU {100*res['miou']:.1f}")
 
@@ -208,15 +245,21 @@ def _data_free(a, p, teacher):
     return ds, {'data_free': True, 'pool': str(a.pool), 'select': a.select, 'k': a.k, 'wdpd': a.wdpd}
 
 # %% ../nbs/40_cli.ipynb #a0fd741a
+def _student_opts(p):
+    "--width, --kwargs, --backbone-weights, --init-weights of the model being trained."
+    p.add_argument('--width', type=_pos_int); p.add_argument('--kwargs', type=_json, help="a factory arch's keyword arguments, JSON")
+    p.add_argument('--backbone-weights', help="ImageNet backbone weights in torchvision's format (a local file)")
+    p.add_argument('--init-weights', help='start from these weights (a checkpoint or a plain state_dict)')
+
 def register_train(sub):
     "`segkd train` and `segkd distill`"
     p = sub.add_parser('train', help='train a model with cross-entropy (a teacher, or a student alone)'); _data_opts(p); _train_opts(p)
-    p.add_argument('--arch', help='architecture (default: the preset teacher)'); p.add_argument('--width', type=_pos_int)
+    p.add_argument('--arch', help="architecture (default: the preset teacher): a registry name, 'package.module:factory' or 'file.py:factory'"); _student_opts(p)
     p.add_argument('--split', choices=('train', 'holdout', 'all'), help='training split (default: the preset teacher split)')
     p.set_defaults(func=cmd_train)
     p = sub.add_parser('distill', help='distil a student from a teacher (loss spec: TERM[:OPT=V,...]+TERM...)'); _data_opts(p); _train_opts(p)
-    p.add_argument('--teacher', help="teacher checkpoint (default: the preset's cached teacher, trained if missing)")
-    p.add_argument('--arch', help='student architecture (default: the preset student)'); p.add_argument('--width', type=_pos_int)
+    _model_opts(p, 'teacher')
+    p.add_argument('--arch', help='student architecture (default: the preset student)'); _student_opts(p)
     p.add_argument('--loss', default='kd', help=LOSS_HELP); p.add_argument('--ce', type=_nonneg_float, default=1.0, help='cross-entropy weight (0: none)')
     p.add_argument('--split', default='train', choices=('train', 'holdout', 'all'))
     p.add_argument('--data-free', action='store_true', help='no labels or original images: distil on an auxiliary pool (DFSS)')
@@ -245,14 +288,13 @@ def _ckpt_path(p:str)->Path:
 def cmd_eval(a):
     "`segkd eval CKPT`: on the data and size the checkpoint records, unless given."
     from segkd_nb.datasets import load_split, data_taxonomy
-    from segkd_nb.models import load_checkpoint
     from segkd_nb.train import evaluate
     from segkd_nb.metrics import per_class_table
-    m, ck = load_checkpoint(_ckpt_path(a.ckpt))
-    data = a.data or ck['config'].get('data') or 'samples'
-    size = a.size or (tuple(ck['config']['size']) if ck['config'].get('size') else None)
-    tax = data_taxonomy(data)
-    if tax.n != m.num_classes: raise ValueError(f"{a.ckpt}: the model predicts {m.num_classes} classes but {data} has {tax.n}")
+    from segkd_nb.models import read_checkpoint
+    cfg = {} if a.arch else read_checkpoint(_ckpt_path(a.ckpt))['config']
+    data = a.data or cfg.get('data') or 'samples'
+    size = a.size or (tuple(cfg['size']) if cfg.get('size') else None)
+    tax = data_taxonomy(data); m = _load_model(a, 'ckpt', tax, positional=True)
     print(f"evaluating on {data}/{a.split}" + (f" at {size[0]}x{size[1]}" if size else ' at native size'), file=sys.stderr)
     res = evaluate(m, load_split(data, a.split, size), tax.classes, device=a.device, flip=a.flip, scales=a.scales)
     print(per_class_table({Path(a.ckpt).stem if Path(a.ckpt).is_file() else Path(a.ckpt).name: res}))
@@ -270,7 +312,7 @@ def register_eval(sub):
     p.add_argument('--ref', help='row the paired differences are taken from'); p.add_argument('--out', help='write the summary JSON here (e.g. results/NAME.json)')
     p.set_defaults(func=cmd_ablate)
     p = sub.add_parser('eval', help='evaluate a checkpoint (or a run folder) on the data and size it records')
-    p.add_argument('ckpt'); p.add_argument('--data'); p.add_argument('--size', type=_size); p.add_argument('--device', choices=DEVICES)
+    _model_opts(p, 'ckpt', positional=True); p.add_argument('--data'); p.add_argument('--size', type=_size); p.add_argument('--device', choices=DEVICES)
     p.add_argument('--split', default='val', choices=('train', 'holdout', 'val', 'all'))
     p.add_argument('--flip', action='store_true', help='flip test-time augmentation'); p.add_argument('--scales', type=_numbers(float), default=(1.0,), help='e.g. 0.75,1,1.25')
     p.set_defaults(func=cmd_eval)
@@ -363,9 +405,8 @@ def _ads_rows(info:dict, selected:bool)->list:
 # %% ../nbs/40_cli.ipynb #2a49c1f1
 def cmd_ads(a):
     "`segkd ads score|select`: every pool image's ADS distance (and the selection, its rank and the WDPD base weight)."
-    from segkd_nb.models import load_checkpoint
     from segkd_nb.dfss import data_free_data
-    teacher = load_checkpoint(_ckpt_path(a.teacher))[0].to(get_device(a.device)).eval()
+    teacher = _load_model(a, 'teacher').to(get_device(a.device))
     sel = a.ads_cmd == 'select'
     _, info = data_free_data(teacher, a.pool, a.select if sel else 'all', a.k if sel else None, a.size, seed=a.seed, mode=a.mode,
                              layers=a.layers, norm=a.norm, batch_size=a.batch_size, cache=False)
@@ -381,7 +422,7 @@ def register_ads(sub):
     sp = p.add_subparsers(dest='ads_cmd', required=True, metavar='ACTION')
     for name, hlp in (('score', 'distance of every pool image'), ('select', 'distances and the selection')):
         q = sp.add_parser(name, help=hlp)
-        q.add_argument('--teacher', required=True, help='teacher checkpoint (.pt from segkd train) or run folder')
+        _model_opts(q, 'teacher', required=True)
         q.add_argument('--pool', required=True, nargs='+', help='pool folder(s) of unlabelled images')
         q.add_argument('--out', help=f'output .csv or .json (default: ads_{name}.csv)'); q.add_argument('--size', type=_size, default=(96, 128), help='input HxW')
         q.add_argument('--mode', choices=('image', 'set'), default='image', help='per-image distances or greedy pooled statistics')
@@ -414,7 +455,6 @@ def cmd_l2i_sample(a):
     import numpy as np, torch, matplotlib.pyplot as plt
     from dataclasses import asdict
     from segkd_nb.datasets import load_split, data_taxonomy
-    from segkd_nb.models import load_checkpoint
     from segkd_nb.l2i import load_l2i, sample_l2i, show_samples, mask_following
     from segkd_nb.runs import l2i_run_dir
     if a.json and not a.segmenter: raise ValueError("--json records mask following: give --segmenter too")
@@ -424,7 +464,7 @@ def cmd_l2i_sample(a):
     masks = torch.stack([ds[i]['mask'] for i in idx]); imgs = sample_l2i(m, masks, steps=a.steps, seeds=a.seed)  # [N,H,W], [N,3,H,W]
     fig = show_samples(imgs[:8], masks[:8], tax); out = Path(a.out or folder/'samples.png'); fig.savefig(out, dpi=80); plt.close(fig); print(f"wrote {out}")
     if not a.segmenter: return
-    seg = load_checkpoint(_ckpt_path(a.segmenter), num_classes=tax.n)[0].to(imgs.device).eval(); shift = len(idx) // 2  # the most distant layout in a video
+    seg = _load_model(a, 'segmenter', tax).to(imgs.device); shift = len(idx) // 2  # the most distant layout in a video
     mf, mf_real = (mask_following(seg, x, masks, n=tax.n, shift=shift) for x in (imgs, torch.stack([ds[i]['image'] for i in idx])))
     print({'samples': mf, 'real images (reference)': mf_real})
     if a.json: print(f"wrote {save_result({'l2i': {'steps': m.step, 'train_s': m.train_s, 'config': asdict(m.cfg)}, 'samples': mf, 'real_images': mf_real, 'val_index': idx, 'shift': shift, 'data': a.data, 'size': list(masks.shape[-2:]), 'segmenter': str(a.segmenter)}, a.json)}")
@@ -447,7 +487,7 @@ def register_l2i(sub):
     s = ls.add_parser('sample', help='sample images for validation masks (and check mask following)')
     s.add_argument('--data', default='samples'); s.add_argument('--ckpt', help='model folder (default: runs_dir/l2i-DATA)')
     s.add_argument('--n', type=_pos_int, default=32); s.add_argument('--steps', type=_pos_int, default=20); s.add_argument('--seed', type=_nonneg_int, default=0)
-    s.add_argument('--segmenter', help='a segmenter checkpoint: report mask following'); s.add_argument('--out', help='grid PNG path')
+    _model_opts(s, 'segmenter'); s.add_argument('--out', help='grid PNG path')
     s.add_argument('--size', type=_size, help="HxW of the masks and images (default: the model's size; give the segmenter's training size)")
     s.add_argument('--json', help='write the mask-following record (needs --segmenter)'); s.add_argument('--device', choices=DEVICES)
     s.set_defaults(func=cmd_l2i_sample)
@@ -457,13 +497,12 @@ def cmd_d3s2(a):
     "`segkd d3s2`: select masks, synthesize (or copy) their images, write a distilled dataset folder."
     from segkd_nb.runs import get_preset, cached_teacher, l2i_run_dir, d3s2_run_dir
     from segkd_nb.datasets import load_split, data_taxonomy
-    from segkd_nb.models import load_checkpoint
     from segkd_nb.d3s2 import guidance_from_spec, distill_dataset
     p = get_preset(a.preset, data=a.data); tax = data_taxonomy(p.data); ds = load_split(p.data, 'train', size=None, augment=False)
     g = guidance_from_spec(a.guidance, lam_seg=a.lam_seg, lam_feat=a.lam_feat, scale=a.scale, every=a.every, mode=a.guide_mode,
                            t_start=a.window[0] if a.window else None, t_end=a.window[1] if a.window else None,
                            layers=tuple(a.layers.split(',')) if a.layers else None) if a.synth == 'l2i' else None
-    seg = (load_checkpoint(_ckpt_path(a.teacher), num_classes=tax.n)[0] if a.teacher else cached_teacher(p)[0]).eval() if (g is not None or a.teacher or a.fiftyone is not None) else None
+    seg = (_load_model(a, 'teacher', tax) if a.teacher else cached_teacher(p)[0].eval()) if (g is not None or a.teacher or a.fiftyone is not None) else None
     out = Path(a.out) if a.out else d3s2_run_dir(p.data, a.selection, a.synth, a.guidance if g else 'none', a.budget, a.seed)
     size = a.size or (None if tuple(p.size) == tuple(ds[0]['mask'].shape) else p.size)
     prov = distill_dataset(ds, a.budget, out, selection=a.selection, l2i=(a.l2i or l2i_run_dir(p.data)) if a.synth == 'l2i' else None, guidance=g,
@@ -491,7 +530,7 @@ def register_d3s2(sub):
     p.add_argument('--guidance', default='seg+feat', choices=('seg+feat', 'seg', 'feat', 'none')); p.add_argument('--lam-seg', type=_nonneg_float); p.add_argument('--lam-feat', type=_nonneg_float)
     p.add_argument('--scale', type=_pos_float, help='guidance step size'); p.add_argument('--every', type=_pos_int, help='guide every k-th step')
     p.add_argument('--window', type=_numbers(float, 2), help='t_start,t_end of guidance, e.g. 0.9,0.1'); p.add_argument('--layers', help='segmenter features for feature matching, e.g. stage2,penultimate')
-    p.add_argument('--guide-mode', choices=('x0', 'xt'), help='x0: cheap; xt: through the UNet'); p.add_argument('--teacher', help='frozen segmenter checkpoint (default: the preset teacher, cached)')
+    p.add_argument('--guide-mode', choices=('x0', 'xt'), help='x0: cheap; xt: through the UNet'); _model_opts(p, 'teacher')
     p.add_argument('--steps', type=_pos_int, default=20, help='DDIM steps'); p.add_argument('--seed', type=_nonneg_int, default=0)
     p.add_argument('--batch-size', type=_pos_int, default=8); p.add_argument('--out', help='output folder (default: runs_dir/d3s2-...)')
     p.add_argument('--fiftyone', nargs='?', const='', default=None, metavar='NAME', help='export to FiftyOne (optional dataset name)')
@@ -502,13 +541,13 @@ def cmd_unify_pseudo_label(a):
     "`segkd unify pseudo-label`: load the teacher and mapping, write raw/ and unified/ PNGs."
     from segkd_nb.data import Taxonomy
     from segkd_nb.datasets import data_taxonomy
-    from segkd_nb.models import load_checkpoint
     from segkd_nb.unify import load_mapping, paired_dirs, write_pseudo_labels
-    model, ck = load_checkpoint(_ckpt_path(a.teacher))
+    from segkd_nb.models import read_checkpoint
+    ck = {} if a.teacher_arch else read_checkpoint(_ckpt_path(a.teacher))
     if a.source_tax: src = data_taxonomy(a.source_tax)
     elif ck.get('taxonomy'): src = Taxonomy(**ck['taxonomy'])
-    else: raise ValueError(f"{a.teacher}: the checkpoint stores no taxonomy; pass --source-tax")
-    if src.n != ck['num_classes']: raise ValueError(f"taxonomy {src.name} has {src.n} classes but the teacher predicts {ck['num_classes']}")
+    else: raise ValueError(f"{a.teacher}: no taxonomy stored with the teacher; pass --source-tax")
+    model = _load_model(a, 'teacher', src)
     dst = data_taxonomy(a.target_tax); mapping = load_mapping(a.mapping, src, dst); ds = paired_dirs(a.images, a.labels, dst)
     r = write_pseudo_labels(model.to(get_device(a.device)), ds, mapping, a.out, batch_size=a.batch_size, flip=not a.no_flip, scales=a.scales,
                             void_policy=a.void_policy, threshold=a.threshold, void_class=a.void_class, ignore=a.ignore, progress=not a.quiet, teacher=str(a.teacher))
@@ -541,7 +580,7 @@ def register_unify(sub):
     p = sub.add_parser('unify', help='label-space unification: constrained pseudo-labels and compound training')
     us = p.add_subparsers(dest='unify_cmd', required=True, metavar='ACTION')
     a = us.add_parser('pseudo-label', help='write raw/ and unified/ pseudo-label PNGs (resumable; shards under torchrun)')
-    a.add_argument('--teacher', required=True, help='teacher checkpoint (.pt) or run folder'); a.add_argument('--mapping', required=True, help="mapping file (authors' CSV or YAML)")
+    _model_opts(a, 'teacher', required=True); a.add_argument('--mapping', required=True, help="mapping file (authors' CSV or YAML)")
     a.add_argument('--images', required=True, help='folder of images'); a.add_argument('--labels', required=True, help='folder of their own label PNGs')
     a.add_argument('--out', required=True, help='output folder (raw/, unified/, unify.json)'); a.add_argument('--target-tax', required=True, help='taxonomy of --labels (name or file)')
     a.add_argument('--source-tax', help="the teacher's taxonomy (default: from the checkpoint)"); a.add_argument('--batch-size', type=_pos_int, default=4)

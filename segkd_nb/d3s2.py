@@ -11,8 +11,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from PIL import Image
 from .data import IGNORE, DataError, Taxonomy, show_mask, show_image
-from .config import torch_generator, save_json, load_json, atomic_path, config_hash, git_commit
-from .metrics import paired_diff
+from .config import safe_load, torch_generator, save_json, load_json, atomic_path, config_hash, git_commit
 
 # %% auto #0
 __all__ = ['SELECTIONS', 'class_histograms', 'class_presence', 'longtail_presence', 'show_class_balance', 'resolve_budget',
@@ -500,7 +499,7 @@ def distill_dataset(train_ds, # the labelled training set (a `SegDataset`, or a 
             if segmenter is None: raise ValueError("guided sampling needs a frozen segmenter (segmenter=)")
             if guidance.lam_feat and moments is None:
                 mp = out/'moments.pt'
-                if mp.exists(): moments = torch.load(mp, weights_only=True)
+                if mp.exists(): moments = safe_load(mp, 'feature moments')
                 else:
                     ds_m = [{'image': image(i), 'mask': masks[i]} for i in range(len(masks))]
                     moments = class_feature_moments(segmenter, ds_m, guidance.layers, tax.n)

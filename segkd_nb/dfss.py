@@ -14,7 +14,6 @@ from .config import atomic_path, save_json, torch_generator
 from .data import DataError, PoolDataset, collate_skip, image_pool, log, read_image
 from .train import LossTerm, Trainer, TrainConfig
 from .kd import pixel_kd, register_term
-from .metrics import paired_diff
 
 # %% auto #0
 __all__ = ['BN_TYPES', 'SCHEDULES', 'LABEL_DIRS', 'bn_layers', 'set_bn_stats', 'BNInputStats', 'bn_distance', 'layer_weights',

@@ -264,7 +264,7 @@ def export_segmentation(name:str, # the FiftyOne dataset name (created, or updat
     for (iid, ip, lp), fp in zip(ds.items, fps):
         gt = None
         if lp is not None:
-            gt = read_label(lp, ds.tax)  # [H,W] uint8 ids, 255 = ignore
+            gt = read_label(lp, ds.label_tax)  # [H,W] uint8 ids, 255 = ignore
             gpath = Path(lp) if gt_as_is and _is_id_png(lp) else save_mask_png(app_ids(gt, id_offset, ds.tax.ignore_index), out_dir/'gt'/f'{safe_name(iid)}.png')
             labels['gt'][fp] = fo.Segmentation(mask_path=fos.normalize_path(str(gpath)))
         for f, pm in preds.items():

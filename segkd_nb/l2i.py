@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from .data import IGNORE, DataError, Taxonomy, show_mask, show_image
-from .config import torch_generator, atomic_torch_save, save_json, load_json, get_device, load_settings
+from .config import safe_load, torch_generator, atomic_torch_save, save_json, load_json, get_device, load_settings
 from .metrics import ConfusionMatrix
 
 # %% auto #0
 __all__ = ['mask_onehot', 'L2IConfig', 'build_unet', 'L2I', 'make_scheduler', 'prepare_l2i_data', 'train_l2i', 'load_l2i',
-           'toy_layouts', 'sample_l2i', 'show_samples', 'show_trajectory', 'trajectory_slider', 'mask_following',
-           'load_controlnet_pipeline', 'controlnet_sample']
+           'toy_layouts', 'ddim_step', 'sample_l2i', 'show_samples', 'show_trajectory', 'trajectory_slider',
+           'mask_following', 'load_controlnet_pipeline', 'controlnet_sample']
 
 # %% ../nbs/12_l2i.ipynb #5d91accd
 def _diffusers():
@@ -180,7 +180,7 @@ def train_l2i(dataset, # training pairs (dicts with `image` 0..1 and `mask`)
     sched = make_scheduler(cfg, 'ddpm'); acp = sched.alphas_cumprod.to(dev)
     step, losses, spent = 0, [], 0.0  # spent: training seconds of earlier sessions
     if resume and ckpt.exists():
-        st = torch.load(ckpt, map_location=dev, weights_only=True)
+        st = safe_load(ckpt, 'l2i checkpoint', map_location=dev)
         if st['config'] != asdict(cfg): raise ValueError(f"{ckpt} was trained with another config; use a new out_dir or resume=False.\n saved: {st['config']}\n given: {asdict(cfg)}")
         model.load_state_dict(st['model']); ema.load_state_dict(st['ema']); opt.load_state_dict(st['opt'])
         step, losses, spent = st['step'], list(st['losses']), float(st.get('train_s') or 0.0)
@@ -211,7 +211,7 @@ def load_l2i(path:str|Path, # an `l2i.pt` checkpoint (or its folder)
     "Load a trained model (eval mode) from a checkpoint, with `weights_only=True`."
     path = Path(path); path = path/'l2i.pt' if path.is_dir() else path
     if not path.exists(): raise FileNotFoundError(f"no l2i checkpoint at {path}: train one with `segkd l2i train`")
-    st = torch.load(path, map_location='cpu', weights_only=True)
+    st = safe_load(path, 'l2i checkpoint')
     m = L2I(L2IConfig.from_dict(st['config'])); m.load_state_dict(st['ema' if ema else 'model'])
     m.step, m.losses, m.train_s = st['step'], st['losses'], st.get('train_s')  # train_s: None for checkpoints older than its recording
     return m.to(torch.device(device) if device else get_device()).eval()
@@ -250,6 +250,17 @@ def _seeds(seeds, n:int)->list:
     if len(seeds) != n: raise ValueError(f"{len(seeds)} seeds for {n} masks")
     return seeds
 
+# %% ../nbs/12_l2i.ipynb #4d9c1a22
+def ddim_step(sched, # a DDIMScheduler with its timesteps set
+              t, # the current timestep
+              x0:torch.Tensor, # [B,3,h,w] the clean-image estimate to step from (clipped to [-1, 1])
+              eps:torch.Tensor # [B,3,h,w] the noise estimate
+             )->torch.Tensor:
+    "DDIM's eta = 0 update (Song et al. 2021, eq. 12) from a given `x0` and `eps`: `sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps`."
+    prev = int(t) - sched.config.num_train_timesteps // sched.num_inference_steps
+    a_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
+    return a_prev.sqrt().to(x0) * x0.clamp(-1, 1) + (1 - a_prev).sqrt().to(x0) * eps
+
 # %% ../nbs/12_l2i.ipynb #b9abb8bf
 def _sample_batch(model:L2I, masks, seeds, steps, guidance, trajectory):
     cfg, dev = model.cfg, next(model.parameters()).device
@@ -276,15 +287,15 @@ def _sample_batch(model:L2I, masks, seeds, steps, guidance, trajectory):
                     x0 = x0.detach().requires_grad_()
                     loss = guidance.loss(_to01(x0, out_size), masks)  # [B]
                     g = torch.autograd.grad(loss.sum(), x0)[0]
-                    x0 = x0.detach() - guidance.scale * _rms_normalise(g)
-                    eps = (x - a.sqrt() * x0) / (1 - a).sqrt()        # the noise estimate consistent with the moved x0
+                    x0 = x0.detach() - guidance.scale * _rms_normalise(g)  # the moved clean image; eps stays the model's
                 else: raise ValueError(f"guidance.mode must be 'x0' or 'xt', got {guidance.mode!r}")
             log.append(loss.detach().cpu())
         else:
             eps, x0 = model.eps_x0(x, tb, cond, a)
         if trajectory:
             traj['x_t'].append(((x.clamp(-1, 1) + 1) / 2).cpu()); traj['x0_hat'].append(((x0.clamp(-1, 1) + 1) / 2).detach().cpu())
-        x = sched.step(eps.detach(), t, x).prev_sample
+        moved = guidance is not None and guidance.active(i, n) and guidance.mode == 'x0'
+        x = ddim_step(sched, t, x0.detach(), eps.detach()) if moved else sched.step(eps.detach(), t, x).prev_sample
     return _to01(x, out_size).cpu(), traj, log
 
 # %% ../nbs/12_l2i.ipynb #5b7459bb

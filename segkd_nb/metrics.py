@@ -5,14 +5,15 @@
 # %% ../nbs/03_metrics.ipynb #56ca3e38
 from __future__ import annotations
 import numpy as np, torch
+import scipy.stats
 import torch.distributed as dist
 import matplotlib.pyplot as plt
 from .data import IGNORE
 from .datasets import load_split
 
 # %% auto #0
-__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_diff', 'location_prior', 'colour_lut',
-           'colour_predict', 'location_prior_miou']
+__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_stats', 'fmt_paired', 'paired_table', 'location_prior',
+           'colour_lut', 'colour_predict', 'location_prior_miou']
 
 # %% ../nbs/03_metrics.ipynb #6961780b
 class ConfusionMatrix:
@@ -95,13 +96,44 @@ def show_confusion(cm:ConfusionMatrix, # the matrix
     ax.set_xlabel('predicted'); ax.set_ylabel('ground truth')
     return ax
 
-# %% ../nbs/03_metrics.ipynb #817caa9a
-def paired_diff(x:dict, # seed -> value of the row
-                ref:dict # seed -> value of the reference row
-               )->str:
-    "'+m ± s' in percent: mean and std (ddof 1) over the seeds both share of `x[s] - ref[s]`; '-' when they share none."
-    d = np.array([v - ref[s] for s, v in x.items() if s in ref])
-    return f"{100*d.mean():+.1f} ± {100*(d.std(ddof=1) if len(d) > 1 else 0.0):.1f}" if len(d) else '-'
+# %% ../nbs/03_metrics.ipynb #f3df9306
+def paired_stats(x:dict, # seed -> value of the row
+                 ref:dict, # seed -> value of the reference row
+                 conf:float=0.95 # confidence level of the interval
+                )->dict:
+    "Mean, std, confidence interval and paired t-test p-value of `x[s] - ref[s]` over the seeds both have."
+    d = np.array([float(v) - float(ref[s]) for s, v in x.items() if s in ref])  # [n]
+    n = len(d); mean = float(d.mean()) if n else float('nan')
+    if n < 2: return {'n': n, 'mean': mean, 'std': float('nan'), 'ci': [float('nan')] * 2, 'p': float('nan'), 'verdict': 'too few seeds'}
+    sd = float(d.std(ddof=1)); se = sd / np.sqrt(n)
+    tq = float(scipy.stats.t.ppf(0.5 + conf / 2, n - 1))
+    lo, hi = mean - tq * se, mean + tq * se
+    p = float(2 * scipy.stats.t.sf(abs(mean) / se, n - 1)) if se > 0 else (0.0 if mean else 1.0)
+    verdict = 'no measurable effect' if lo <= 0 <= hi else ('better' if mean > 0 else 'worse')
+    return {'n': n, 'mean': mean, 'std': sd, 'ci': [lo, hi], 'p': p, 'verdict': verdict}
+
+# %% ../nbs/03_metrics.ipynb #6c059156
+def fmt_paired(s:dict, # from `paired_stats` (values are fractions: shown in mIoU points)
+               scale:float=100 # multiply (100: fractions to points)
+              )->str:
+    "'Δ | 95% CI | p | verdict' cells of a markdown table row."
+    if s['n'] < 2: return f"{scale*s['mean']:+.1f} | - | - | too few seeds" if s['n'] else '- | - | - | -'
+    lo, hi = (scale * v for v in s['ci'])
+    p = f"{s['p']:.3f}" if s['p'] >= 0.001 else '<0.001'
+    return f"{scale*s['mean']:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {p} | {s['verdict']}"
+
+def paired_table(runs:dict, # row -> {seed: value} (fractions)
+                 ref:str, # the reference row
+                 label:str='mIoU' # what the values are
+                )->str:
+    "Markdown: per row mean ± std over seeds, and against `ref` the paired Δ, its 95% CI, p and the verdict."
+    lines = [f'| row | {label} (mean ± std) | seeds | Δ vs {ref} | 95% CI | p | verdict |', '|---|---:|---:|---:|---:|---:|---|']
+    for row, by in runs.items():
+        v = np.array(list(by.values()), dtype=float)
+        ms = f"{100*v.mean():.1f} ± {100*v.std(ddof=1):.1f}" if len(v) > 1 else f"{100*v.mean():.1f}"
+        cells = 'reference | | |' if row == ref else fmt_paired(paired_stats(by, runs[ref]))
+        lines.append(f"| {row} | {ms} | {len(v)} | {cells} |")
+    return '\n'.join(lines)
 
 # %% ../nbs/03_metrics.ipynb #1c0146c4
 def location_prior(masks:torch.Tensor, # [N,H,W] training masks (255 = ignore)

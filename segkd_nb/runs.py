@@ -13,17 +13,17 @@ import matplotlib.pyplot as plt
 from .config import (load_settings, save_json, load_json, git_commit, config_hash, seed_everything, get_device, command_line,
                              save_result, CODE_VERSION)
 from .data import Taxonomy, SegDataset, DataError, folder_pairs, camvid_taxonomy, idd_lite_taxonomy, SegTransform
-from .datasets import data_root, data_taxonomy, load_split, CAMVID_HOLDOUT
+from .datasets import data_root, data_taxonomy, load_split, CAMVID_DRIVES
 from .models import build_model, load_checkpoint, read_checkpoint, SegNet
 from .metrics import per_class_table, location_prior_miou
-from .train import Trainer, TrainConfig, evaluate, show_history, is_main, _VOLATILE
+from .train import Trainer, TrainConfig, evaluate, show_history, is_main, fit_lockstep, _VOLATILE
 from .kd import build_terms, parse_loss
-from . import gskd, dfss  # their loss terms join the registry
+from . import baselines, gskd, dfss  # their loss terms join the registry
 
 # %% auto #0
-__all__ = ['PRESETS', 'Preset', 'get_preset', 'run_lock', 'run_key', 'run_done', 'run_training', 'teacher_config', 'teacher_dir',
-           'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir', 'parse_row', 'summarise', 'ablation_table',
-           'ablate', 'ablation_report']
+__all__ = ['PRESETS', 'Preset', 'get_preset', 'run_lock', 'run_key', 'run_done', 'run_training', 'run_rows', 'teacher_config',
+           'teacher_dir', 'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir', 'parse_row', 'summarise',
+           'ablation_table', 'ablate', 'ablation_report']
 
 # %% ../nbs/30_runs.ipynb #75be7b51
 @dataclass
@@ -122,6 +122,49 @@ def run_training(run_dir:str|Path, # the run's folder
         metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': run_dir.name, 'git': git_commit()}
         if is_main(): _report(run_dir, hist, metrics); save_json(metrics, run_dir/'metrics.json')
         return metrics
+
+# %% ../nbs/30_runs.ipynb #48ea89eb
+def _prepare_row(run_dir:Path, model, terms, cfg:TrainConfig, teacher, tax, meta:dict):
+    "(metrics, None) for a finished row, else (None, its Trainer resumed from the folder); writes config.json after the resume check."
+    seed_everything(cfg.seed)
+    model = model() if callable(model) and not isinstance(model, nn.Module) else model
+    terms = terms(model) if callable(terms) else terms
+    key = run_key(model, terms, cfg, meta)
+    done = run_done(run_dir, key)
+    if done is not None: return done, None
+    tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})})
+    tr.check_resume(run_dir/'last.pt')
+    if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git_commit(), **key}, run_dir/'config.json')
+    tr.resume(run_dir/'last.pt')
+    return None, tr
+
+# %% ../nbs/30_runs.ipynb #501f4c42
+def _finish_row(tr:Trainer, val_ds, tax, wall:float)->dict:
+    "Evaluate a trained row and write its metrics, history, figure and report."
+    cfg, rd = tr.cfg, tr.run_dir
+    metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers) if val_ds is not None else {}
+    metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': rd.name, 'git': git_commit()}
+    if is_main(): _report(rd, tr.history, metrics); save_json(metrics, rd/'metrics.json')
+    return metrics
+
+def run_rows(rows:dict, # row name -> dict(run_dir=, model=, terms=, teacher=, meta=) (model and terms as for `run_training`)
+             train_ds, val_ds, # shared data
+             cfg:TrainConfig, # shared settings (one seed)
+             tax:Taxonomy=None # class names
+            )->dict:
+    "`run_training` for several rows of one seed, the unfinished ones trained in lockstep; returns row -> metrics."
+    out, pending = {}, {}
+    with contextlib.ExitStack() as stack:
+        for n, r in rows.items():
+            stack.enter_context(run_lock(r['run_dir']))
+            done, tr = _prepare_row(Path(r['run_dir']), r['model'], r['terms'], cfg, r.get('teacher'), tax, r.get('meta'))
+            if done is not None: out[n] = done; print(f"{r['run_dir']}: done (mIoU {100*done['miou']:.1f}), skipped")
+            else: pending[n] = tr
+        for start in sorted({tr.step for tr in pending.values()}):
+            group = {n: tr for n, tr in pending.items() if tr.step == start}
+            t0 = time.time(); fit_lockstep(list(group.values()), train_ds); wall = (time.time() - t0) / len(group)
+            out |= {n: _finish_row(tr, val_ds, tax, wall) for n, tr in group.items()}
+    return {n: out[n] for n in rows}
 
 # %% ../nbs/30_runs.ipynb #0fe353e6
 def teacher_config(p:Preset, seed:int=0)->dict:
@@ -228,15 +271,16 @@ def ablate(rows:list, # 'NAME=LOSS' strings (LOSS a loss spec; '' = the student 
     parsed = [parse_row(r) for r in rows]
     runs = {n: {} for n, _ in parsed}
     base = Path(load_settings().path('runs_dir'))/name
+    t0 = time.time()
     for seed in seeds:
-        for n, spec in parsed:
-            cfg = TrainConfig(steps=p.student_steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
-            runs[n][seed] = run_training(base/f"{n}-s{seed}", lambda: build_model(p.student_arch, tax.n, width=p.student_width),
-                                         lambda st, spec=spec: build_terms(spec, st, teacher, ce=ce), train_ds, eval_ds, cfg, teacher=teacher if spec else None, tax=tax,
-                                         meta={'data': p.data, 'preset': asdict(p), 'row': n, 'spec': spec, 'eval_split': eval_split,
-                                               'train_split': train_split, 'teacher': str(t_dir)})
-            print(f"{n} seed {seed}: mIoU {100*runs[n][seed]['miou']:.1f}")
-    summary = {'preset': asdict(p), 'seeds': list(seeds), 'rows': rows, 'ref': ref,
+        cfg = TrainConfig(steps=p.student_steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
+        spec_rows = {n: dict(run_dir=base/f"{n}-s{seed}", model=lambda: build_model(p.student_arch, tax.n, width=p.student_width),
+                             terms=lambda st, spec=spec: build_terms(spec, st, teacher, ce=ce), teacher=teacher if spec else None,
+                             meta={'data': p.data, 'preset': asdict(p), 'row': n, 'spec': spec, 'eval_split': eval_split, 'train_split': train_split, 'teacher': str(t_dir)})
+                     for n, spec in parsed}
+        for n, m in run_rows(spec_rows, train_ds, eval_ds, cfg, tax).items():
+            runs[n][seed] = m; print(f"{n} seed {seed}: mIoU {100*m['miou']:.1f}")
+    summary = {'wall_s': round(time.time() - t0, 1), 'preset': asdict(p), 'seeds': list(seeds), 'rows': rows, 'ref': ref,
                'eval_split': eval_split, 'train_split': train_split,
                'teacher': {'dir': t_dir.name, **{k: v for k, v in load_json(t_dir/'metrics.json').items() if k in ('miou', 'per_class_iou')}},
                'summary': summarise(runs, ref)}

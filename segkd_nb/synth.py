@@ -4,9 +4,9 @@
 
 # %% ../nbs/01a_synth.ipynb #8e34a14d
 from __future__ import annotations
-import hashlib, json, tempfile, time
+import hashlib, json, os, shutil, tempfile, time, warnings
 from pathlib import Path
-import numpy as np, torch
+import numpy as np
 from PIL import Image, ImageDraw
 import matplotlib.pyplot as plt
 from .config import load_settings, atomic_path, atomic_write_bytes, save_json, load_json
@@ -15,15 +15,17 @@ from .data import (Taxonomy, TaxonomyMapping, DataError, folder_pairs, image_poo
 
 # %% auto #0
 __all__ = ['STREET_CLASSES', 'STREET_PALETTE', 'COARSE_CLASSES', 'COARSE_PALETTE', 'STREET_TO_COARSE', 'ROAD', 'SIDEWALK',
-           'BUILDING', 'SKY', 'VEG', 'CAR', 'PERSON', 'POLE', 'SIGN', 'SIGN_SCHEMES', 'SPLIT_CODES',
-           'GENERATOR_VERSION', 'street_taxonomy', 'street_coarse_taxonomy', 'fine_to_coarse', 'value_noise',
-           'sky_colours', 'building_colour', 'road_colour', 'sidewalk_colour', 'vegetation_colour', 'car_colour',
-           'cloth_colour', 'pole_colour', 'show_palettes', 'Canvas', 'street_camera', 'horizontal_plane', 'side_plane',
-           'frontal_plane', 'view', 'street_layout', 'facade_segments', 'draw_sky', 'draw_ground', 'draw_facades',
-           'draw_far_end', 'plan_objects', 'draw_car', 'draw_person', 'draw_sign', 'draw_pole', 'draw_tree',
+           'BUILDING', 'SKY', 'VEG', 'CAR', 'PERSON', 'POLE', 'SIGN', 'SIGN_SCHEMES', 'MIN_HEIGHT_PX', 'THIN_PX',
+           'SPLIT_CODES', 'GENERATOR_VERSION', 'LAZY_DIR', 'README_TEMPLATE', 'street_taxonomy',
+           'street_coarse_taxonomy', 'fine_to_coarse', 'value_noise', 'sky_colours', 'building_colour', 'road_colour',
+           'sidewalk_colour', 'vegetation_colour', 'car_colour', 'cloth_colour', 'pole_colour', 'show_palettes',
+           'Canvas', 'street_camera', 'horizontal_plane', 'side_plane', 'frontal_plane', 'view', 'street_layout',
+           'facade_segments', 'draw_sky', 'draw_ground', 'draw_facades', 'draw_far_end', 'z_fit', 'plan_objects',
+           'draw_car', 'thin_half', 'hrun_lengths', 'draw_person', 'draw_sign', 'draw_pole', 'draw_tree',
            'draw_objects', 'ground_shadows', 'camera_effects', 'render_scene', 'show_scenes', 'render_ood', 'split_rng',
-           'pixel_hash', 'pixel_hashes', 'read_manifest', 'generate_samples', 'verify_samples', 'load_samples',
-           'samples_pool', 'sample_baselines', 'class_frequencies', 'show_class_frequencies']
+           'pixel_hash', 'pixel_hashes', 'read_manifest', 'split_dir', 'generate_samples', 'verify_samples',
+           'ensure_split', 'load_samples', 'samples_pool', 'sample_baselines', 'baseline_table', 'class_frequencies',
+           'show_class_frequencies']
 
 # %% ../nbs/01a_synth.ipynb #45b7801e
 STREET_CLASSES = ['road', 'sidewalk', 'building', 'sky', 'vegetation', 'car', 'person', 'pole', 'sign']
@@ -38,10 +40,12 @@ def street_taxonomy()->Taxonomy:
     "The 9 fine classes of the synthetic streets (Cityscapes colours)."
     return Taxonomy('street9', STREET_CLASSES, STREET_PALETTE)
 
+# %% ../nbs/01a_synth.ipynb #257b3650
 def street_coarse_taxonomy()->Taxonomy:
     "The 5 coarse classes: flat, structure, nature, sky, dynamic."
     return Taxonomy('street5', COARSE_CLASSES, COARSE_PALETTE)
 
+# %% ../nbs/01a_synth.ipynb #a1f8b605
 def fine_to_coarse()->TaxonomyMapping:
     "The many-to-one mapping street9 -> street5."
     return TaxonomyMapping(street_taxonomy(), street_coarse_taxonomy(), STREET_TO_COARSE)
@@ -69,14 +73,17 @@ def value_noise(rng:np.random.Generator, # draws the lattice values
         tot += amp; amp *= 0.5
     return out / tot
 
+# %% ../nbs/01a_synth.ipynb #2eb1fbbd
 def _c01(x):
     "Clip to [0, 1] (cheaper than `np.clip` on the many small arrays here)."
     return np.minimum(np.maximum(x, 0.), 1.)
 
+# %% ../nbs/01a_synth.ipynb #eaa2df56
 def _fade(size_m, z, f):
     "1 where a pattern of `size_m` metres at depth `z` spans >= 2 pixels, 0 below 1 pixel (no aliasing far away)."
     return _c01(size_m * f / np.maximum(z, 1e-3) - 1)
 
+# %% ../nbs/01a_synth.ipynb #20e33ba2
 def _hash01(*ints):
     "A deterministic pseudo-random number in [0, 1) per tuple of integers (arrays broadcast): per-window randomness."
     h = np.uint64(0x9E3779B97F4A7C15)
@@ -88,8 +95,11 @@ def _hash01(*ints):
 
 # %% ../nbs/01a_synth.ipynb #62724133
 def _jit(rng, c, s=0.04): return _c01(np.asarray(c, float) + rng.uniform(-s, s, 3))
+
+# %% ../nbs/01a_synth.ipynb #6b9d5927
 def _grey(rng, lo, hi, tint=0.03): return _c01(rng.uniform(lo, hi) + rng.uniform(-tint, tint, 3))
 
+# %% ../nbs/01a_synth.ipynb #f41a0a3a
 def sky_colours(rng:np.random.Generator)->tuple:
     "(zenith colour, horizon colour, kind) of a clear, overcast, sunset, hazy or dusk sky."
     k = int(rng.choice(5, p=[0.38, 0.25, 0.12, 0.15, 0.1]))
@@ -99,6 +109,7 @@ def sky_colours(rng:np.random.Generator)->tuple:
     sc = rng.uniform(0.85, 1.1)
     return _jit(rng, np.array(top) * sc, 0.06), _jit(rng, np.array(hor) * sc, 0.05), k
 
+# %% ../nbs/01a_synth.ipynb #5d0c1b86
 def building_colour(rng, sky):
     "Concrete, beige, brick, white, painted, glass (reflecting the sky) or dark."
     k = rng.choice(7, p=[0.3, 0.15, 0.15, 0.1, 0.1, 0.1, 0.1])
@@ -110,21 +121,25 @@ def building_colour(rng, sky):
     if k == 5: return _c01(sky * rng.uniform(0.6, 0.95))
     return _grey(rng, 0.15, 0.35)
 
+# %% ../nbs/01a_synth.ipynb #6dc6f523
 def road_colour(rng):
     "Asphalt grey, dirt brown or wet blue-grey."
     k = rng.choice(3, p=[0.75, 0.15, 0.1])
     return [_grey(rng, 0.2, 0.6), _jit(rng, (0.45, 0.38, 0.32), 0.08), _jit(rng, (0.35, 0.38, 0.45), 0.06)][k]
 
+# %% ../nbs/01a_synth.ipynb #52b988e8
 def sidewalk_colour(rng):
     "Grey slabs, red tiles, sandstone or greenish stone."
     k = rng.choice(4, p=[0.5, 0.2, 0.2, 0.1])
     return [_grey(rng, 0.35, 0.75), _jit(rng, (0.6, 0.4, 0.35), 0.08), _jit(rng, (0.72, 0.66, 0.55), 0.08), _jit(rng, (0.45, 0.5, 0.45), 0.06)][k]
 
+# %% ../nbs/01a_synth.ipynb #6c0d5fb8
 def vegetation_colour(rng):
     "Green, dark green, light green, autumn orange or dry olive."
     k = rng.choice(5, p=[0.45, 0.2, 0.15, 0.1, 0.1])
     return _jit(rng, [(0.25, 0.42, 0.15), (0.12, 0.25, 0.1), (0.45, 0.55, 0.25), (0.65, 0.45, 0.15), (0.45, 0.42, 0.3)][k], 0.07)
 
+# %% ../nbs/01a_synth.ipynb #6268253e
 def car_colour(rng, sky):
     "Black, white, silver, grey, red, blue, dark green, yellow or sky-reflecting paint."
     k = rng.choice(9)
@@ -132,16 +147,19 @@ def car_colour(rng, sky):
             _jit(rng, (0.15, 0.25, 0.55), 0.1), _jit(rng, (0.2, 0.35, 0.2), 0.08), _jit(rng, (0.8, 0.7, 0.2), 0.1),
             _c01(sky * rng.uniform(0.7, 1.0))][k]
 
+# %% ../nbs/01a_synth.ipynb #38e1e6aa
 def cloth_colour(rng):
     "Any grey, denim, any colour, brown or foliage-like green."
     k = rng.choice(5)
     return [_grey(rng, 0.05, 0.8), _jit(rng, (0.2, 0.25, 0.45), 0.08), rng.uniform(0, 1, 3), _jit(rng, (0.4, 0.3, 0.2)), vegetation_colour(rng)][k]
 
+# %% ../nbs/01a_synth.ipynb #dc937206
 def pole_colour(rng):
     "Grey, black, green, wooden brown or white metal."
     k = rng.choice(5, p=[0.45, 0.2, 0.15, 0.1, 0.1])
     return [_grey(rng, 0.3, 0.7), _grey(rng, 0.08, 0.2), _jit(rng, (0.2, 0.35, 0.25), 0.06), _jit(rng, (0.4, 0.3, 0.2), 0.06), _grey(rng, 0.75, 0.9)][k]
 
+# %% ../nbs/01a_synth.ipynb #b98869a3
 SIGN_SCHEMES = [((0.1, 0.3, 0.7), (0.95, 0.95, 0.95)), ((0.8, 0.1, 0.1), (0.95, 0.95, 0.95)), ((0.95, 0.95, 0.95), (0.1, 0.1, 0.1)),
                 ((0.95, 0.8, 0.1), (0.1, 0.1, 0.1)), ((0.1, 0.45, 0.25), (0.95, 0.95, 0.95)), ((0.5, 0.5, 0.52), (0.4, 0.4, 0.42))]  # last: the back
 
@@ -199,6 +217,7 @@ def street_camera(rng:np.random.Generator, # draws the camera
     cam['v'] = cy - (xx - cx) * s + (yy - cy) * c
     return cam
 
+# %% ../nbs/01a_synth.ipynb #62ed2112
 def horizontal_plane(cam:dict, y:float=0.)->tuple:
     "Depth Z and lateral X of each pixel on the horizontal plane at height `y` < `hc` (and where it is visible)."
     dv = cam['v'] - cam['vh']; ok = dv > 0.3
@@ -206,6 +225,7 @@ def horizontal_plane(cam:dict, y:float=0.)->tuple:
     X = (cam['u'] - cam['ux']) * Z / cam['f']  # [h,w]
     return Z, X, ok
 
+# %% ../nbs/01a_synth.ipynb #a3c0bdbb
 def side_plane(cam:dict, x:float)->tuple:
     "Depth Z and height Y of each pixel on the vertical plane X = `x` along the street (and where it is visible)."
     du = cam['u'] - cam['ux']; ok = du * np.sign(x) > 0.3
@@ -213,6 +233,7 @@ def side_plane(cam:dict, x:float)->tuple:
     Y = cam['hc'] - (cam['v'] - cam['vh']) * Z / cam['f']  # [h,w]
     return Z, Y, ok
 
+# %% ../nbs/01a_synth.ipynb #ceb5dbb6
 def frontal_plane(cam:dict, X:float, Z:float)->tuple:
     "Lateral offset a and height b (metres) of each pixel on the plane at depth `Z`, origin on the ground at `X`."
     s = cam['f'] / Z  # pixels per metre
@@ -245,6 +266,7 @@ def street_layout(rng:np.random.Generator)->dict:
     return dict(rw=rw, c0=c0, side=side, z_end=float(rng.choice([rng.uniform(25, 120), 1e4], p=[0.55, 0.45])),
                 sun=int(rng.choice([-1, 0, 1], p=[0.35, 0.3, 0.35])), sun_k=rng.uniform(0.3, 1.2))
 
+# %% ../nbs/01a_synth.ipynb #d5dc32b9
 def facade_segments(rng:np.random.Generator, z_end:float # where the street is closed
                    )->list:
     "Segments (z0, z1, kind, h) along one side: 'building', 'trees' or 'gap'."
@@ -260,6 +282,7 @@ def _shade(base, tex):
     "Colour `base` [3] modulated by a texture [h,w] -> [h,w,3]."
     return _c01(np.asarray(base)[None, None, :] * (1 + tex)[..., None])
 
+# %% ../nbs/01a_synth.ipynb #75098a0a
 def draw_sky(rng, cam, cv, top, hor):
     "Gradient plus clouds, on the whole canvas (depth stays infinite)."
     u, v, W = cam['u'], cam['v'], cam['W']
@@ -270,6 +293,7 @@ def draw_sky(rng, cam, cv, top, hor):
     cloud = _grey(rng, 0.6, 1.0, 0.02) * (1 - 0.3 * _c01(cl))[..., None]
     cv.col[:] = col * (1 - a) + cloud * a; cv.lab[:] = SKY
 
+# %% ../nbs/01a_synth.ipynb #a49298b1
 def _markings(rng, Z, Xr, rw, f):
     "Alpha [h,w] of lane lines, edge lines and zebra crossings (metres on the road)."
     mark = np.zeros_like(Z)
@@ -282,6 +306,7 @@ def _markings(rng, Z, Xr, rw, f):
         mark = np.maximum(mark, ((Z > z0) & (Z < z0 + 3) & (Xr % 1 < 0.5) & (np.abs(Xr) < rw - 0.5)) * _fade(0.5, Z, f))
     return mark
 
+# %% ../nbs/01a_synth.ipynb #6c3de7a2
 def draw_ground(rng, cam, cv, lay, shadow):
     "Road (texture, markings), two sidewalks (curb, tiles) and the verges beyond them."
     Z, X, g = horizontal_plane(cam); f = cam['f']
@@ -320,11 +345,13 @@ def _facade_texture(rng, Z, Y, along, h, z0, base, sky, light, f):
     col = col * (1 - a) + wc * a * light
     return np.where((Y > h - 0.5)[..., None], col * 0.8, col)
 
+# %% ../nbs/01a_synth.ipynb #0a74181f
 def _foliage(rng, vc, b, a, light, Z, f, n=None):
     "Colour [h,w,3] of leaves: coarse blotches and fine grain."
     n = value_noise(rng, b / 3, a / 3) if n is None else n
     return _shade(vc * light, 0.3 * value_noise(rng, b / 0.4, a / 0.4, 2) * _fade(0.4, Z, f) + 0.2 * n)
 
+# %% ../nbs/01a_synth.ipynb #0cbf2c98
 def draw_facades(rng, cam, cv, lay, sky):
     "Both sides of the street: building, tree-row and gap segments, with the end walls of taller buildings."
     f = cam['f']
@@ -351,6 +378,7 @@ def draw_facades(rng, cam, cv, lay, sky):
                     w.put((a * s >= 0) & (a * s < abs(depth)) & (b >= 0) & (b < h), z0, BUILDING, col)
             prev_h = h if seg['kind'] == 'building' else 0.
 
+# %% ../nbs/01a_synth.ipynb #8c04c21c
 def draw_far_end(rng, cam, cv, lay, sky):
     "Buildings or trees across the street at `z_end` (when the street is closed)."
     if lay['z_end'] > 1e3: return
@@ -369,11 +397,18 @@ def draw_far_end(rng, cam, cv, lay, sky):
                 w.put(m & (b < top), ze, VEG, _foliage(rng, vegetation_colour(rng), b, a, 1.0, ze, f))
         x += w_
 
-# %% ../nbs/01a_synth.ipynb #00c1209b
-def plan_objects(rng:np.random.Generator, lay:dict # from `street_layout`
-                )->list:
-    "A list of object dicts (kind, X, Z and sizes in metres)."
-    rw, c0, zmax, objs = lay['rw'], lay['c0'], min(lay['z_end'] - 1, 90), []
+# %% ../nbs/01a_synth.ipynb #d2f4a451
+def z_fit(f:float, # focal length in pixels
+          size_m:float, # a size in metres
+          px:float # the pixels it must span
+         )->float:
+    "The depth at which `size_m` metres span `px` pixels."
+    return f * size_m / px
+
+# %% ../nbs/01a_synth.ipynb #616db69b
+def _plan_cars(rng, lay, zmax):
+    "Moving cars in lanes and rows of parked cars along the curbs."
+    rw, c0, objs = lay['rw'], lay['c0'], []
     car = lambda x, z, away: dict(kind='car', X=x, Z=z, away=away, w=rng.uniform(1.6, 2.0), **(
         dict(h=rng.uniform(1.3, 1.9), L=rng.uniform(3.8, 5.0)) if rng.random() > 0.15 else dict(h=rng.uniform(1.9, 2.6), L=rng.uniform(4.5, 6.5))))
     n_lanes = max(1, int(rw * 2 / 3.2))
@@ -384,20 +419,38 @@ def plan_objects(rng:np.random.Generator, lay:dict # from `street_layout`
         if rng.random() < 0.5:
             z = rng.uniform(2, 12)
             while z < zmax and rng.random() < 0.85: objs.append(car(c0 + s * (rw - 1.1), z, True)); z += rng.uniform(5, 15)
+    return objs
+
+# %% ../nbs/01a_synth.ipynb #1bebf226
+def _plan_people(rng, lay, zmax):
+    "Pedestrians on the sidewalks (sometimes in pairs) or crossing the road, nearer than `zmax`."
+    rw, c0, objs = lay['rw'], lay['c0'], []
     for _ in range(rng.poisson(4.0)):
         s = rng.choice([-1, 1]); walk = lay['side'][s]['walk']
         x = c0 + s * (rw + rng.uniform(0.3, walk - 0.2)) if rng.random() < 0.85 else c0 + rng.uniform(-rw, rw)
-        z = rng.uniform(2.5, min(zmax, 45))
+        z = rng.uniform(2.5, max(zmax, 3.))
         objs.append(dict(kind='person', X=x, Z=z, h=rng.uniform(1.45, 1.95)))
         if rng.random() < 0.35: objs.append(dict(kind='person', X=x + rng.uniform(-0.8, 0.8), Z=z + rng.uniform(0.3, 1.5), h=rng.uniform(1.1, 1.95)))
+    return objs
+
+# %% ../nbs/01a_synth.ipynb #e8d08a22
+def _plan_poles(rng, lay, zmax_light, zmax_post):
+    "Rows of street lights (some carrying a sign) nearer than `zmax_light`, single sign posts nearer than `zmax_post`."
+    rw, c0, objs = lay['rw'], lay['c0'], []
     for s in (-1, 1):
         if rng.random() < 0.6:
             sp, z, h = rng.uniform(12, 35), rng.uniform(2, 15), rng.uniform(5, 9)
             arm = -s * rng.uniform(0.8, 2.5) * (rng.random() < 0.7)
-            while z < zmax: objs.append(dict(kind='pole', X=c0 + s * (rw + 0.4), Z=z, h=h, arm=arm, sign=bool(rng.random() < 0.25))); z += sp
+            while z < zmax_light: objs.append(dict(kind='pole', X=c0 + s * (rw + 0.4), Z=z, h=h, arm=arm, sign=bool(rng.random() < 0.25))); z += sp
     for _ in range(rng.poisson(2.2)):
         s = rng.choice([-1, 1])
-        objs.append(dict(kind='pole', X=c0 + s * (rw + rng.uniform(0.3, 1.0)), Z=rng.uniform(3, min(zmax, 50)), h=rng.uniform(2.2, 3.2), arm=0., sign=True))
+        objs.append(dict(kind='pole', X=c0 + s * (rw + rng.uniform(0.3, 1.0)), Z=rng.uniform(3, max(zmax_post, 3.5)), h=rng.uniform(2.2, 3.2), arm=0., sign=True))
+    return objs
+
+# %% ../nbs/01a_synth.ipynb #95b4b831
+def _plan_trees(rng, lay, zmax):
+    "Rows of trees on the sidewalks and bushes on grass verges."
+    rw, c0, objs = lay['rw'], lay['c0'], []
     for s in (-1, 1):
         if rng.random() < 0.4:
             sp, z = rng.uniform(6, 18), rng.uniform(1, 10)
@@ -409,6 +462,17 @@ def plan_objects(rng:np.random.Generator, lay:dict # from `street_layout`
                 objs.append(dict(kind='tree', X=c0 + s * (rw + lay['side'][s]['walk'] + rng.uniform(0.5, 3)), Z=rng.uniform(3, zmax), trunk=0.,
                                  rx=rng.uniform(0.6, 1.5), ry=rng.uniform(0.4, 1.0)))
     return objs
+
+# %% ../nbs/01a_synth.ipynb #9da036d2
+MIN_HEIGHT_PX = {'person': 12, 'light': 20, 'post': 14}  # thin objects are planned only where they stand this many pixels tall
+
+def plan_objects(rng:np.random.Generator, lay:dict, # from `street_layout`
+                 f:float # focal length in pixels (limits how far thin objects are placed)
+                )->list:
+    "A list of object dicts (kind, X, Z and sizes in metres)."
+    zmax = min(lay['z_end'] - 1, 90)
+    zp, zl, zs = (min(zmax, z_fit(f, m, MIN_HEIGHT_PX[k])) for k, m in (('person', 1.7), ('light', 7.), ('post', 2.7)))
+    return _plan_cars(rng, lay, zmax) + _plan_people(rng, lay, zp) + _plan_poles(rng, lay, zl, zs) + _plan_trees(rng, lay, zmax)
 
 # %% ../nbs/01a_synth.ipynb #5abb657c
 def draw_car(rng, cam, cv, o, sky):
@@ -447,26 +511,49 @@ def draw_car(rng, cam, cv, o, sky):
         Z, Xp, ok = horizontal_plane(c, hc_); zl = Z - Zc
         w.put(ok & (np.abs(Xp - X) < wc / 2 - 0.18 * wc) & (zl > L * 0.3) & (zl < L * 0.65), Z, CAR, _c01(body * 1.15))
 
+# %% ../nbs/01a_synth.ipynb #9d4dd394
+THIN_PX = 3.2  # the narrowest a person, pole or sign part is drawn, in pixels
+
+def thin_half(z, # depth in metres
+              f:float # focal length in pixels
+             ):
+    "Half of `THIN_PX` in metres at depth `z`."
+    return THIN_PX / 2 * z / f
+
+# %% ../nbs/01a_synth.ipynb #f152ca05
+def hrun_lengths(m:np.ndarray # [H,W] bool mask
+                )->np.ndarray:
+    "[H,W] int: the length of the horizontal run of True pixels each pixel belongs to (0 outside the mask)."
+    d = np.diff(np.pad(m.astype(np.int8), ((0, 0), (1, 1))), axis=1)  # [H,W+1]: +1 at run starts, -1 after run ends
+    rows, s = np.nonzero(d == 1); _, e = np.nonzero(d == -1)
+    out = np.zeros(m.shape, np.int64)
+    for r, a, b in zip(rows, s, e): out[r, a:b] = b - a
+    return out
+
 # %% ../nbs/01a_synth.ipynb #5d1b4a13
 def draw_person(rng, cam, cv, o):
-    "A pedestrian: head, hair, torso, arms, walking legs, sometimes a bag."
+    "A pedestrian: head, hair, torso, arms, walking legs, sometimes a bag; every part at least `THIN_PX` wide."
     X, Zp, h = o['X'], o['Z'], o['h']
-    c, w = view(cam, cv, [(X - 0.45, 0, Zp), (X + 0.45, h + 0.05, Zp)])
+    mh = thin_half(Zp, cam['f'])  # half the minimum width, metres
+    tw, lw, hr = max(0.17, mh), max(0.07, mh), max(0.115, mh)  # torso, leg and head half-widths
+    aw, bw = max(0.045, mh), max(0.1, mh)  # arm and bag half-widths
+    c, w = view(cam, cv, [(X - tw - 2 * bw, 0, Zp), (X + tw + 2 * bw, h + 0.05, Zp)])
     if c is None: return
     a, b = frontal_plane(c, X, Zp); hb = b / h
     skin = _jit(rng, [(0.9, 0.75, 0.6), (0.6, 0.42, 0.3), (0.35, 0.22, 0.15)][rng.integers(3)], 0.05)
     shirt, pants, step = cloth_colour(rng), cloth_colour(rng), rng.uniform(-0.2, 0.2)
-    head = a ** 2 + (b - h + 0.12) ** 2 < 0.115 ** 2
-    torso = (np.abs(a) < 0.17 + 0.03 * (hb - 0.5)) & (hb > 0.5) & (hb < 0.84)
-    arms = (np.abs(np.abs(a) - 0.21) < 0.045) & (hb > 0.45) & (hb < 0.82)
-    lx = step * (0.5 - hb) / 0.5
-    legs = ((np.abs(a - 0.08 - lx) < 0.07) | (np.abs(a + 0.08 + lx) < 0.07)) & (hb >= 0) & (hb <= 0.52)
-    bag = (np.abs(a - 0.26) < 0.1) & (hb > 0.35) & (hb < 0.55) & (rng.random() < 0.3)
+    head = a ** 2 + (b - h + hr + 0.005) ** 2 < hr ** 2
+    torso = (np.abs(a) < tw + 0.03 * (hb - 0.5)) & (hb > 0.5) & (hb < 0.84)
+    arms = (np.abs(np.abs(a) - tw - aw + 0.005) < aw) & (hb > 0.45) & (hb < 0.82) & (mh < 0.09)  # far: merged into the torso
+    lx, lo = step * (0.5 - hb) / 0.5, min(0.08, tw - lw)  # stride; leg offset (0: one column)
+    legs = ((np.abs(a - lo - lx) < lw) | (np.abs(a + lo + lx) < lw)) & (hb >= 0) & (hb <= 0.52)
+    bag = (np.abs(a - tw - bw + 0.01) < bw) & (hb > 0.35) & (hb < 0.55) & (rng.random() < 0.3) & (mh < 0.1)
     col = np.zeros(a.shape + (3,))
     col[legs] = pants; col[torso | arms] = shirt; col[head] = skin; col[head & (b > h - 0.1)] = _grey(rng, 0.05, 0.5)
     col[arms & (hb < 0.55)] = skin; col[bag] = cloth_colour(rng)
     w.put(head | torso | arms | legs | bag, Zp, PERSON, col)
 
+# %% ../nbs/01a_synth.ipynb #d7e66cc4
 def _sign_shape(rng, a, y, r):
     "(inside mask, normalised distance to the centre) of a circle, square, diamond, wide plate or triangle."
     k = rng.choice(5)
@@ -477,9 +564,10 @@ def _sign_shape(rng, a, y, r):
     else: d = np.maximum(-2 * y / r, (np.sqrt(3) * np.abs(a) + y) / r)
     return d < 1, d
 
+# %% ../nbs/01a_synth.ipynb #f0239777
 def draw_sign(rng, cam, cv, X, Zp, bc, front=True):
     "A sign plate centred at height `bc`: a two-colour scheme with a ring or a symbol; grey when seen from behind."
-    r = rng.uniform(0.3, 0.55)
+    r = max(rng.uniform(0.3, 0.55), 2 * thin_half(Zp, cam['f']))  # a radius of at least THIN_PX
     c, w = view(cam, cv, [(X - 2.3 * r, bc - r, Zp), (X + 2.3 * r, bc + r, Zp)])
     if c is None: return
     a, b = frontal_plane(c, X, Zp - 0.05)
@@ -493,23 +581,27 @@ def draw_sign(rng, cam, cv, X, Zp, bc, front=True):
     col = np.where(sym[..., None], c1 if ring else c2, col)
     w.put(m, Zp - 0.05, SIGN, col)
 
+# %% ../nbs/01a_synth.ipynb #8ba8f9b9
 def draw_pole(rng, cam, cv, o):
-    "A pole (street light with an arm and lamp, sign post, sometimes a traffic-light box) and its signs."
+    "A pole (street light with an arm and lamp, sign post, sometimes a traffic-light box) and its signs; at least `THIN_PX` wide."
     X, Zp, h, arm = o['X'], o['Z'], o['h'], o['arm']
-    c, w = view(cam, cv, [(X - 0.3, 0, Zp), (X + 0.3, h + 0.1, Zp), (X + arm * 1.3, h, Zp)])
+    mh = thin_half(Zp, cam['f'])  # half the minimum width, metres
+    bc = h - rng.uniform(0.2, 0.5) if h < 4 else rng.uniform(2.2, 3.5)  # the sign's centre
+    top = bc if o['sign'] and h < 4 else h  # a sign post ends behind its sign
+    c, w = view(cam, cv, [(X - 0.3 - mh, 0, Zp), (X + 0.3 + mh, h + 0.1 + mh, Zp), (X + arm * 1.3, h, Zp)])
     if c is not None:
         a, b = frontal_plane(c, X, Zp); r = rng.uniform(0.06, 0.14)
-        m = (np.abs(a) < r * (1.2 - 0.4 * b / h)) & (b >= 0) & (b < h)
+        m = (np.abs(a) < np.maximum(r * (1.2 - 0.4 * b / h), mh)) & (b >= 0) & (b < top)
         if arm:
-            m |= (a * np.sign(arm) > 0) & (a * np.sign(arm) < abs(arm)) & (np.abs(b - h + 0.1) < 0.08)
-            m |= (np.abs(a - arm) < 0.3) & (b > h - 0.25) & (b < h + 0.02)
-        m |= (np.abs(a) < 0.18) & (b > h - 0.9) & (b < h) & (rng.random() < 0.12)  # a traffic-light box counts as pole
-        w.put(m, Zp, POLE, _shade(pole_colour(rng), 0.15 * (a / r).clip(-1, 1)))
+            m |= (a * np.sign(arm) > 0) & (a * np.sign(arm) < abs(arm)) & (np.abs(b - h + 0.1) < max(0.08, mh))
+            m |= (np.abs(a - arm) < max(0.3, mh)) & (b > h - max(0.25, 2 * mh)) & (b < h + 0.02)
+        m |= (np.abs(a) < max(0.18, mh)) & (b > h - 0.9) & (b < h) & (rng.random() < 0.12) & (top == h)  # a traffic-light box counts as pole
+        w.put(m, Zp, POLE, _shade(pole_colour(rng), 0.15 * (a / max(r, mh)).clip(-1, 1)))
     if o['sign']:
-        bc = h - rng.uniform(0.2, 0.5) if h < 4 else rng.uniform(2.2, 3.5)
         draw_sign(rng, cam, cv, X, Zp, bc, front=rng.random() < 0.8)
         if rng.random() < 0.3: draw_sign(rng, cam, cv, X, Zp, bc - 1.0)
 
+# %% ../nbs/01a_synth.ipynb #7e18d06e
 def draw_tree(rng, cam, cv, o):
     "A tree (trunk and a noisy-edged crown) or, with no trunk, a bush; trunks count as vegetation."
     X, Zt, ht, rx, ry = o['X'], o['Z'], o['trunk'], o['rx'], o['ry']
@@ -524,6 +616,7 @@ def draw_tree(rng, cam, cv, o):
     tc = _jit(rng, (0.3, 0.22, 0.15), 0.06) if rng.random() < 0.7 else _grey(rng, 0.3, 0.6)
     w.put(crown | trunk, Zt, VEG, np.where((trunk & ~crown)[..., None], tc, col))
 
+# %% ../nbs/01a_synth.ipynb #ae81bbaf
 def draw_objects(rng, cam, cv, objs, sky):
     "Draw planned objects (any order: the z-buffer resolves occlusion)."
     for o in objs:
@@ -579,13 +672,14 @@ def render_scene(rng:np.random.Generator, # the only source of randomness
     cv = Canvas(*size)
     top, hor, sky_kind = sky_colours(rng)
     draw_sky(rng, cam, cv, top, hor)
-    objs = plan_objects(rng, lay)
+    objs = plan_objects(rng, lay, cam['f'])
     draw_ground(rng, cam, cv, lay, ground_shadows(rng, cam, lay, objs, sky_kind))
     draw_facades(rng, cam, cv, lay, hor)
     draw_far_end(rng, cam, cv, lay, hor)
     draw_objects(rng, cam, cv, objs, hor)
     return camera_effects(rng, cv.col, cv.depth, hor), cv.lab.copy()
 
+# %% ../nbs/01a_synth.ipynb #77dbe3b5
 def show_scenes(imgs:list, # RGB uint8 [H,W,3] images
                 masks:list=None, # street9 masks (None: images only)
                 tax:Taxonomy=None, # palette (default: street9)
@@ -611,6 +705,7 @@ def _hsv(h, s, v):
     p, q, t = v * (1 - s), v * (1 - s * fr), v * (1 - s * (1 - fr))
     return np.stack([np.choose(i, [v, q, p, p, t, v]), np.choose(i, [t, v, v, q, p, p]), np.choose(i, [p, p, t, v, v, q])], -1)
 
+# %% ../nbs/01a_synth.ipynb #0a3e86cf
 def _ood_layer(rng, yy, xx, H, W):
     "One random pattern: (colour [H,W,3], alpha [H,W])."
     pal = _hsv(rng.uniform(0, 1, 5), rng.uniform(0.7, 1, 5), rng.uniform(0.6, 1, 5))  # [5,3] saturated stops
@@ -644,6 +739,7 @@ def _ood_layer(rng, yy, xx, H, W):
             col[m] = pal[j % 5]; alpha[m] = 1
     return col, alpha
 
+# %% ../nbs/01a_synth.ipynb #f3b20ebb
 def render_ood(rng:np.random.Generator, # the only source of randomness
                size:tuple=(96, 128) # (H, W) in pixels
               )->np.ndarray:
@@ -670,67 +766,112 @@ def split_rng(seed:int, # the dataset seed
     return np.random.default_rng([seed, SPLIT_CODES[split], i])
 
 # %% ../nbs/01a_synth.ipynb #2d9371aa
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: people, poles and signs at least THIN_PX wide, 500 val scenes generated on first use
 
 def _save_png(path:Path, arr:np.ndarray):
     "Write `arr` as a PNG atomically (zlib level 6 for images: level 9 is twice as slow for 0.5% smaller files)."
     with atomic_path(path) as t: Image.fromarray(arr).save(t, format='PNG', compress_level=9 if arr.ndim == 2 else 6)
 
+# %% ../nbs/01a_synth.ipynb #185e18eb
 def pixel_hash(arr:np.ndarray # a decoded image or label array
               )->str:
     "SHA-256 of an array's dtype, shape and bytes."
     arr = np.ascontiguousarray(arr)
     return hashlib.sha256(f'{arr.dtype.str}{arr.shape}'.encode() + arr.tobytes()).hexdigest()
 
+# %% ../nbs/01a_synth.ipynb #8985a457
 def _decode(p:Path)->np.ndarray:
     "Decoded pixels of a sample file: RGB for images, raw values for labels."
     if p.parent.name == 'labels':
         with Image.open(p) as im: return np.asarray(im)
     return read_image(p)
 
-def pixel_hashes(root:str|Path # a generated samples folder
+# %% ../nbs/01a_synth.ipynb #ef5ff51f
+def pixel_hashes(root:str|Path # a samples folder, or one split's folder
                 )->dict:
-    "{relative path: decoded-pixel SHA-256} of every image and label under `root`."
+    "{relative path: decoded-pixel SHA-256} of every image and label under `root`, hidden folders (`.generated`) left out."
     root = Path(root)
     return {p.relative_to(root).as_posix(): pixel_hash(_decode(p)) for p in sorted(root.rglob('*'))
-            if p.suffix.lower() in IMG_EXTS and p.parent.name in ('images', 'labels')}
+            if p.suffix.lower() in IMG_EXTS and p.parent.name in ('images', 'labels')
+            and not any(s.startswith('.') for s in p.relative_to(root).parts)}
 
+# %% ../nbs/01a_synth.ipynb #5f6b2012
 def _write_manifest(root:Path, hashes:dict):
     atomic_write_bytes(root/'pixels.sha256', ''.join(f'{h}  {k}\n' for k, h in sorted(hashes.items())).encode())
 
+# %% ../nbs/01a_synth.ipynb #fb490a13
 def read_manifest(root:str|Path)->dict:
     "{relative path: hash} from `root/pixels.sha256`."
     f = Path(root)/'pixels.sha256'
     if not f.exists(): raise DataError(f"{f}: no manifest")
     return {k: h for h, k in (line.split(None, 1) for line in f.read_text().splitlines() if line.strip())}
 
-# %% ../nbs/01a_synth.ipynb #cf3cc7d8
-def _readme(params:dict, freq:np.ndarray, base:dict=None)->str:
-    "README.md text of a generated samples folder."
-    fine, m = street_taxonomy(), fine_to_coarse()
-    rows = '\n'.join(f"| {i} | {c} | {tuple(fine.palette[i])} | {', '.join(m.links[c])} | {100 * freq[i]:.2f} |" for i, c in enumerate(fine.classes))
-    b = ''
-    if base:
-        from segkd_nb.metrics import per_class_table
-        b = ('\n## No-learning baselines (fit on train, scored on val)\n\nPer-class IoU and mIoU in percent:\n\n' + per_class_table(base)
-             + '\n\nPixel accuracy: ' + ', '.join(f"{k} {100 * v['pixel_acc']:.1f}%" for k, v in base.items())
-             + '. `location prior`: the most frequent training class at each pixel position; `colour classifier`: the most frequent training '
-               'class of each colour (16 levels per channel). A model has to beat both by a wide margin to have learned anything from shape or context.\n')
-    p = params
-    return f"""# data_samples: synthetic street scenes
+# %% ../nbs/01a_synth.ipynb #1c37fb3f
+LAZY_DIR = '.generated'  # lazy splits are written here, inside the samples folder
 
-The embedded default dataset of segkd_nb, drawn by `segkd_nb.synth.render_scene` (numpy only; generator version {p['version']}).
-Every image is {p['size'][1]}x{p['size'][0]} pixels (W x H) with a label for every pixel; nothing here comes from a real dataset.
+def split_dir(root:Path, # a samples folder
+              split:str, # train | val
+              params:dict # its generator.json
+             )->Path:
+    "The folder holding a split's `images/` and `labels/`."
+    return root/LAZY_DIR/split if split in params.get('lazy', []) else root/split
+
+# %% ../nbs/01a_synth.ipynb #fb8c02f5
+def _write_split(d:Path, # the split's folder
+                 split:str, n:int, seed:int, size:tuple # which images: `split` 0..n-1 of `seed`, (H, W)
+                )->np.ndarray:
+    "Render a labelled split into `d/images` and `d/labels` (stale files removed); returns [K] class pixel counts."
+    for p in [*d.glob('images/*.png'), *d.glob('labels/*.png')]:
+        if int(p.stem.rsplit('_', 1)[1]) >= n: p.unlink()  # stale files from a larger run
+    counts = np.zeros(len(STREET_CLASSES), np.int64)
+    for i in range(n):
+        img, lab = render_scene(split_rng(seed, split, i), size)
+        counts += np.bincount(lab.ravel(), minlength=len(counts))
+        _save_png(d/'images'/f'{split}_{i:04d}.png', img); _save_png(d/'labels'/f'{split}_{i:04d}.png', lab)
+    return counts
+
+# %% ../nbs/01a_synth.ipynb #7ff9933f
+def _write_pool(out:Path, seed:int, n_in:int, n_ood:int, size:tuple):
+    "Rewrite the unlabelled pool: `n_in` street scenes and `n_ood` out-of-distribution images."
+    pool = out/'pool'/'images'
+    for p in pool.glob('*.png') if pool.is_dir() else []: p.unlink()
+    for i in range(n_in): _save_png(pool/f'in_{i:04d}.png', render_scene(split_rng(seed, 'pool_in', i), size)[0])
+    for i in range(n_ood): _save_png(pool/f'ood_{i:04d}.png', render_ood(split_rng(seed, 'pool_ood', i), size))
+
+# %% ../nbs/01a_synth.ipynb #93aef9c2
+def _split_hashes(root:Path, split:str)->dict:
+    "The manifest entries of `split`, keyed relative to the split's folder (`images/val_0000.png`)."
+    return {k[len(split) + 1:]: h for k, h in read_manifest(root).items() if k.startswith(split + '/')}
+
+def _stamp(want:dict)->str:
+    "One digest of a split's expected hashes."
+    return hashlib.sha256(''.join(f'{k} {h}\n' for k, h in sorted(want.items())).encode()).hexdigest()
+
+# %% ../nbs/01a_synth.ipynb #af913b11
+def _write_stamp(d:Path, want:dict):
+    "Mark the split folder `d` as complete and checked against `want`."
+    atomic_write_bytes(d/'.complete', _stamp(want).encode())
+
+def _stamped(d:Path, want:dict)->bool:
+    "True when `d` was completed and checked against these very hashes (and still holds as many files)."
+    return ((d/'.complete').is_file() and (d/'.complete').read_text() == _stamp(want)
+            and sum(1 for _ in d.glob('*/*.png')) == len(want))
+
+# %% ../nbs/01a_synth.ipynb #9603e910
+README_TEMPLATE = """# data_samples: synthetic street scenes
+
+The embedded default dataset of segkd_nb, drawn by `segkd_nb.synth.render_scene` (numpy only; generator version {version}).
+Every image is {W}x{H} pixels (W x H) with a label for every pixel; nothing here comes from a real dataset.
 
 | folder | content |
 |---|---|
-| `train/images`, `train/labels` | {p['n_train']} scenes (`train_XXXX.png`) and their label PNGs (class ids 0..8) |
-| `val/images`, `val/labels` | {p['n_val']} scenes (`val_XXXX.png`) |
-| `pool/images` | unlabelled pool: {p['n_pool_in']} street scenes `in_XXXX.png` (their own seed stream) and {p['n_pool_ood']} out-of-distribution images `ood_XXXX.png` |
+| `train/images`, `train/labels` | {n_train} scenes (`train_XXXX.png`) and their label PNGs (class ids 0..8) |
+| `.generated/val/images`, `.generated/val/labels` | {n_val} scenes (`val_XXXX.png`), **not committed**: written on first use by `segkd_nb.synth.ensure_split` (10 to 20 s of one CPU core) and checked against `pixels.sha256` |
+| `pool/images` | unlabelled pool: {n_pool_in} street scenes `in_XXXX.png` (their own seed stream) and {n_pool_ood} out-of-distribution images `ood_XXXX.png` |
 | `taxonomy.json`, `taxonomy_coarse.json` | the street9 and street5 taxonomies |
 | `fine_to_coarse.yaml` | the street9 -> street5 mapping |
-| `generator.json` | the parameters used, for `verify_samples` |
-| `pixels.sha256` | SHA-256 of the decoded pixels of every image and label |
+| `generator.json` | the parameters used (`lazy`: the splits generated on first use), for `verify_samples` and `ensure_split` |
+| `pixels.sha256` | SHA-256 of the decoded pixels of every image and label, the generated ones included |
 
 ## What a scene contains
 
@@ -740,106 +881,174 @@ sometimes a building closing the street, then cars (moving and parked), pedestri
 other through a z-buffer. Ground shadows, haze, blur, a colour cast, contrast, gamma, vignetting and sensor noise vary per image.
 Colours overlap between classes on purpose (grey road, building, pole and car; blue sky, glass, car and sign; green car and
 foliage), and the layout moves, so neither a colour lookup nor a position prior segments the scenes (see the baselines below).
+People, poles and signs are drawn at least {thin_px} pixels wide (far ones are thickened, not drawn to scale) and are placed only
+where they stand at least {min_height} pixels tall, so that every class can be learned at 96x128.
 
 ```python
-from segkd_nb.synth import load_samples, samples_pool
+from segkd_nb.synth import load_samples, samples_pool, ensure_split
 train, val = load_samples('train'), load_samples('val')  # SegDataset: image [3,96,128] in 0..1, mask int64, id
+val_dir = ensure_split('data_samples', 'val')  # the folder with images/ and labels/, generated when missing
 pool = samples_pool()  # paths of in_*.png and ood_*.png
 ```
 
 ## Classes (street9) and their coarse classes (street5)
 
-| id | class | colour | street5 | train pixels (%) |
-|---:|---|---|---|---:|
+| id | class | colour | street5 | train pixels (%) | val pixels (%) |
+|---:|---|---|---|---:|---:|
 {rows}
-{b}
+{baselines}
 ## Regenerate and verify
 
 ```python
 from segkd_nb.synth import generate_samples, verify_samples
-generate_samples('data_samples', seed={p['seed']}, n_train={p['n_train']}, n_val={p['n_val']}, n_pool_in={p['n_pool_in']}, n_pool_ood={p['n_pool_ood']})
-verify_samples('data_samples')  # regenerates in a temporary folder and compares decoded-pixel hashes
+generate_samples('data_samples', seed={seed}, n_train={n_train}, n_val={n_val}, n_pool_in={n_pool_in}, n_pool_ood={n_pool_ood})
+verify_samples('data_samples')  # checks the files against pixels.sha256, regenerates in a temporary folder and compares
 ```
 
 Image `i` of a split comes from `numpy.random.default_rng([seed, split_code, i])` (train 1, val 2, pool_in 3, pool_ood 4), so adding
 images to one split never changes another. The pixels depend on numpy's random streams and floating-point results: a numpy
-release that changed them would make `verify_samples` (and `tests/test_synth.py`) report the files that differ.
+release that changed them would make `ensure_split` refuse the generated val split (naming the files that differ) and
+`verify_samples` (and `tests/test_synth.py`) report them.
 """
+
+# %% ../nbs/01a_synth.ipynb #cf3cc7d8
+def _baseline_md(base:dict)->str:
+    "The README section of the no-learning baselines (`sample_baselines`' result)."
+    return ('\n## No-learning baselines (fit on train, scored on val)\n\nPer-class IoU and mIoU in percent:\n\n' + baseline_table(base)
+            + '\n\nPixel accuracy: ' + ', '.join(f"{k} {100 * v['pixel_acc']:.1f}%" for k, v in base.items())
+            + '. `location prior`: the most frequent training class at each pixel position; `colour classifier`: the most frequent training '
+              'class of each colour (16 levels per channel). A model has to beat both by a wide margin to have learned anything from shape or context.\n')
+
+def _readme(params:dict, freq:dict, base:dict=None)->str:
+    "README.md text of a generated samples folder (`freq`: split -> [K] class fractions)."
+    fine, m = street_taxonomy(), fine_to_coarse()
+    rows = '\n'.join(f"| {i} | {c} | {tuple(fine.palette[i])} | {', '.join(m.links[c])} | {100 * freq['train'][i]:.2f} | {100 * freq['val'][i]:.2f} |"
+                     for i, c in enumerate(fine.classes))
+    H, W = params['size']
+    return README_TEMPLATE.format(**params, H=H, W=W, rows=rows, baselines=_baseline_md(base) if base else '',
+                                  thin_px=THIN_PX, min_height=min(MIN_HEIGHT_PX.values()))
 
 # %% ../nbs/01a_synth.ipynb #3115ca3c
 def generate_samples(out_dir:str|Path, # folder to (re)write
                      seed:int=0, # dataset seed
-                     n_train:int=400, n_val:int=100, # labelled scenes
+                     n_train:int=400, n_val:int=500, # labelled scenes
                      n_pool_in:int=100, n_pool_ood:int=100, # unlabelled pool: street scenes and OOD images
                      size:tuple=(96, 128), # (H, W)
+                     lazy:tuple=('val',), # splits generated on first use instead of committed
                      baselines:bool=True # score the no-learning baselines into the README
                     )->dict:
     "Write the samples folder; return the generation parameters with `seconds` and class frequencies."
     out, t0 = Path(out_dir), time.perf_counter()
+    if not set(lazy) <= {'train', 'val'}: raise ValueError(f"lazy splits must be train and/or val, got {list(lazy)}")
     if (out/'pixels.sha256').exists(): (out/'pixels.sha256').unlink()  # a half-rewritten folder has no manifest
-    counts = np.zeros(len(STREET_CLASSES), np.int64)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for sub in ('images', 'labels'):
-            for p in (out/split/sub).glob('*.png') if (out/split/sub).is_dir() else []:
-                if int(p.stem.rsplit('_', 1)[1]) >= n: p.unlink()  # stale files from a larger run
-        for i in range(n):
-            img, lab = render_scene(split_rng(seed, split, i), size)
-            if split == 'train': counts += np.bincount(lab.ravel(), minlength=len(counts))
-            _save_png(out/split/'images'/f'{split}_{i:04d}.png', img); _save_png(out/split/'labels'/f'{split}_{i:04d}.png', lab)
-    pool = out/'pool'/'images'
-    for p in pool.glob('*.png') if pool.is_dir() else []: p.unlink()
-    for i in range(n_pool_in): _save_png(pool/f'in_{i:04d}.png', render_scene(split_rng(seed, 'pool_in', i), size)[0])
-    for i in range(n_pool_ood): _save_png(pool/f'ood_{i:04d}.png', render_ood(split_rng(seed, 'pool_ood', i), size))
-    street_taxonomy().save(out/'taxonomy.json'); street_coarse_taxonomy().save(out/'taxonomy_coarse.json')
-    fine_to_coarse().to_yaml(out/'fine_to_coarse.yaml')
     params = dict(version=GENERATOR_VERSION, seed=seed, n_train=n_train, n_val=n_val, n_pool_in=n_pool_in, n_pool_ood=n_pool_ood,
-                  size=list(size), numpy=np.__version__)
-    save_json(params, out/'generator.json')
-    _write_manifest(out, pixel_hashes(out))
-    freq = counts / max(counts.sum(), 1)
+                  size=list(size), lazy=list(lazy), numpy=np.__version__)
+    freq, secs = {}, {}
+    for split, n in (('train', n_train), ('val', n_val)):
+        d, t1 = split_dir(out, split, params), time.perf_counter()
+        twin = out/split if split in lazy else out/LAZY_DIR/split
+        if twin.is_dir(): shutil.rmtree(twin)
+        c = _write_split(d, split, n, seed, size); freq[split], secs[split] = c / max(c.sum(), 1), time.perf_counter() - t1
+    _write_pool(out, seed, n_pool_in, n_pool_ood, size)
+    street_taxonomy().save(out/'taxonomy.json'); street_coarse_taxonomy().save(out/'taxonomy_coarse.json')
+    fine_to_coarse().to_yaml(out/'fine_to_coarse.yaml'); save_json(params, out/'generator.json')
+    hashes = pixel_hashes(out) | {f'{s}/{k}': h for s in lazy for k, h in pixel_hashes(out/LAZY_DIR/s).items()}
+    _write_manifest(out, hashes)
+    for s in lazy: _write_stamp(out/LAZY_DIR/s, _split_hashes(out, s))
     base = sample_baselines(out) if baselines and n_train and n_val else None
     atomic_write_bytes(out/'README.md', _readme(params, freq, base).encode())
-    return {**params, 'seconds': time.perf_counter() - t0, 'class_freq': dict(zip(STREET_CLASSES, freq.round(4).tolist())),
-            'baselines': {k: round(v['miou'], 4) for k, v in (base or {}).items()}}
+    return {**params, 'seconds': time.perf_counter() - t0, 'split_seconds': secs, 'baselines': {k: round(v['miou'], 4) for k, v in (base or {}).items()},
+            'class_freq': {s: dict(zip(STREET_CLASSES, f.round(4).tolist())) for s, f in freq.items()}}
 
 # %% ../nbs/01a_synth.ipynb #48d9c798
 def _diff(want:dict, got:dict)->dict:
+    "Keys missing from `got`, extra in `got`, and with another value."
     return {'missing': sorted(set(want) - set(got)), 'extra': sorted(set(got) - set(want)),
             'changed': sorted(k for k in set(want) & set(got) if want[k] != got[k])}
 
+# %% ../nbs/01a_synth.ipynb #331cd93d
 def verify_samples(root:str|Path=None, # a samples folder (default: the `data_samples` setting)
                    regenerate:bool=True # also regenerate in a temporary folder and compare
                   )->dict:
     "Check files against `pixels.sha256` and (optionally) a fresh regeneration; `ok` is True when all match."
     root = Path(root) if root else load_settings().path('data_samples')
     manifest, params = read_manifest(root), load_json(root/'generator.json')
-    res = {'n_files': len(manifest), 'files': _diff(manifest, pixel_hashes(root))}
+    lazy = [s for s in params.get('lazy', []) if (root/LAZY_DIR/s).is_dir()]  # generated ones are checked too
+    got = pixel_hashes(root) | {f'{s}/{k}': h for s in lazy for k, h in pixel_hashes(root/LAZY_DIR/s).items()}
+    want = {k: h for k, h in manifest.items() if k.split('/')[0] not in set(params.get('lazy', [])) - set(lazy)}
+    res = {'n_files': len(manifest), 'files': _diff(want, got)}
     if regenerate:
         with tempfile.TemporaryDirectory() as tmp:
             kw = {k: params[k] for k in ('seed', 'n_train', 'n_val', 'n_pool_in', 'n_pool_ood')}
-            generate_samples(tmp, size=tuple(params['size']), baselines=False, **kw)
+            generate_samples(tmp, size=tuple(params['size']), lazy=tuple(params.get('lazy', [])), baselines=False, **kw)
             res['regenerated'] = _diff(manifest, read_manifest(tmp))
     res['ok'] = not any(v for d in (res['files'], res.get('regenerated', {})) for v in d.values())
     return res
 
 # %% ../nbs/01a_synth.ipynb #4b1139d3
 def _samples_root(root)->Path:
+    "The samples folder (default: the `data_samples` setting), checked."
     root = Path(root) if root else load_settings().path('data_samples')
-    if not (root/'taxonomy.json').exists():
-        raise DataError(f"{root}: not a samples folder (no taxonomy.json); write one with segkd_nb.synth.generate_samples({str(root)!r})")
+    if not (root/'taxonomy.json').exists() or not (root/'generator.json').exists():
+        raise DataError(f"{root}: not a samples folder (no taxonomy.json or generator.json); write one with segkd_nb.synth.generate_samples({str(root)!r})")
     return root
 
+# %% ../nbs/01a_synth.ipynb #f26a1ebc
+def _mismatch(d:Path, want:dict)->list:
+    "Files of `d` that are missing, extra or different from the hashes `want`."
+    got = pixel_hashes(d) if d.is_dir() else {}
+    return [f'{k} ({why})' for why, ks in _diff(want, got).items() for k in ks]
+
+# %% ../nbs/01a_synth.ipynb #40255d15
+def _regenerate(root:Path, split:str, params:dict)->Path:
+    "Render a lazy split into a temporary folder and move it into place; returns the split's folder."
+    d = split_dir(root, split, params)
+    tmp = d.parent/f'.{split}-{os.getpid()}-{time.time_ns()}'
+    _write_split(tmp, split, params[f'n_{split}'], params['seed'], tuple(params['size']))
+    if d.exists(): shutil.rmtree(d, ignore_errors=True)
+    try: os.rename(tmp, d)
+    except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process put its copy in place first
+    return d
+
+# %% ../nbs/01a_synth.ipynb #a8f82fda
+def ensure_split(root:str|Path=None, # a samples folder (default: the `data_samples` setting)
+                 split:str='val', # train | val
+                 verify:bool=False, # re-hash the files even when the stamp says they were checked
+                 strict:bool=True # raise when the generated files differ from the manifest (False: warn)
+                )->Path:
+    "The folder (`images/`, `labels/`) of a split; a lazy split is generated on first use and checked against `pixels.sha256`."
+    root = _samples_root(root); params = load_json(root/'generator.json')
+    if split not in ('train', 'val'): raise ValueError(f"unknown split {split!r}; one of train, val (the pool: samples_pool)")
+    d = split_dir(root, split, params)
+    if split not in params.get('lazy', []):
+        if not (d/'images').is_dir(): raise DataError(f"{d}: no images/ folder (split {split!r} of {root})")
+        return d
+    want = _split_hashes(root, split)
+    if not want: raise DataError(f"{root/'pixels.sha256'}: no entries for the lazy split {split!r}")
+    if _stamped(d, want) and not verify: return d
+    if _mismatch(d, want): _regenerate(root, split, params)
+    bad = _mismatch(d, want)
+    if bad:
+        msg = (f"{d}: {len(bad)} of {len(want)} generated files differ from {root/'pixels.sha256'}, e.g. {bad[:3]}; the generator "
+               f"(version {params['version']}, hashed with numpy {params['numpy']}) does not reproduce here (numpy {np.__version__})")
+        if strict: raise DataError(msg + '; pass strict=False to use these images anyway')
+        warnings.warn(msg); return d
+    _write_stamp(d, want)
+    return d
+
+# %% ../nbs/01a_synth.ipynb #71c11bde
 def load_samples(split:str='train', # train | val | pool (unlabelled)
                  root:str|Path=None, # samples folder (default: the `data_samples` setting)
                  **kw # passed to `folder_pairs` / `SegDataset` (transform, cache)
                 )->'SegDataset':
-    "A split of the synthetic street samples as a `SegDataset` (street9 labels)."
+    "A split of the synthetic street samples as a `SegDataset` (street9 labels); a lazy split is generated first."
     root = _samples_root(root)
     tax = Taxonomy.load(root/'taxonomy.json')
     if split == 'pool': return folder_pairs(root/'pool', tax, labels=False, **kw)
     if split not in ('train', 'val'): raise ValueError(f"unknown split {split!r}; one of train, val, pool")
-    return folder_pairs(root/split, tax, **kw)
+    return folder_pairs(ensure_split(root, split), tax, **kw)
 
+# %% ../nbs/01a_synth.ipynb #3e0d9007
 def samples_pool(root:str|Path=None, # samples folder (default: the `data_samples` setting)
                  kind:str='all' # all | in | ood
                 )->list:
@@ -849,21 +1058,42 @@ def samples_pool(root:str|Path=None, # samples folder (default: the `data_sample
 
 # %% ../nbs/01a_synth.ipynb #463b97ea
 def _stack(ds)->tuple:
-    "All images [N,3,H,W] uint8 and masks [N,H,W] int64 of a labelled dataset."
+    "All images [N,H,W,3] uint8 and masks [N,H,W] int64 of a labelled dataset."
     pairs = [ds.load(i) for i in range(len(ds))]
-    return (torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2), torch.from_numpy(np.stack([p[1] for p in pairs])).long())
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]).astype(np.int64)
 
+# %% ../nbs/01a_synth.ipynb #6bc8b1a6
+def _score(pred:np.ndarray, gt:np.ndarray, names:list)->dict:
+    "`miou` (over classes in target or prediction), `per_class_iou` and `pixel_acc` of predicted ids against ground truth."
+    n = len(names)
+    cm = np.bincount(gt.ravel() * n + pred.ravel(), minlength=n * n).reshape(n, n)  # [K,K] rows: ground truth
+    tp = np.diag(cm).astype(float); denom = cm.sum(0) + cm.sum(1) - tp
+    iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+    return {'miou': float(np.nanmean(iou)), 'per_class_iou': {c: (None if np.isnan(v) else float(v)) for c, v in zip(names, iou)},
+            'pixel_acc': float(tp.sum() / cm.sum())}
+
+# %% ../nbs/01a_synth.ipynb #16acfbe9
 def sample_baselines(root:str|Path=None, # samples folder (default: the `data_samples` setting)
                      bins:int=16 # colour levels per channel
                     )->dict:
-    "`summary()` dicts of the location prior and the colour classifier, fit on train, scored on val."
-    from segkd_nb.metrics import ConfusionMatrix, location_prior, colour_lut, colour_predict
-    ti, tm = _stack(load_samples('train', root)); vi, vm = _stack(load_samples('val', root))
-    n, names = len(STREET_CLASSES), STREET_CLASSES
-    lp = location_prior(tm, n).expand_as(vm)
-    cp = colour_predict(colour_lut(ti, tm, n, bins), vi, bins)
-    return {'location prior': ConfusionMatrix(n).update(lp, vm).summary(names),
-            'colour classifier': ConfusionMatrix(n).update(cp, vm).summary(names)}
+    "Scores (`miou`, `per_class_iou`, `pixel_acc`) of the location prior and the colour classifier, fit on train, scored on val."
+    (ti, tm), (vi, vm) = _stack(load_samples('train', root)), _stack(load_samples('val', root))
+    n = len(STREET_CLASSES)
+    prior = np.stack([(tm == k).sum(0) for k in range(n)]).argmax(0)  # [H,W] most frequent class per position
+    q = lambda x: (x.astype(np.float32) / 255 * np.float32(bins - 1e-3)).astype(np.int64) @ np.array([bins * bins, bins, 1])  # [N,H,W]
+    lut = np.bincount(q(ti).ravel() * n + tm.ravel(), minlength=bins**3 * n).reshape(bins**3, n).argmax(1)  # most frequent class per colour
+    return {'location prior': _score(np.broadcast_to(prior, vm.shape), vm, STREET_CLASSES),
+            'colour classifier': _score(lut[q(vi)], vm, STREET_CLASSES)}
+
+# %% ../nbs/01a_synth.ipynb #cdc993f6
+def baseline_table(base:dict # name -> `sample_baselines`-style scores
+                  )->str:
+    "A markdown table: per-class IoU (percent) of each baseline, mIoU last."
+    names = list(base); classes = list(next(iter(base.values()))['per_class_iou'])
+    f = lambda v: '-' if v is None else f'{100 * v:.1f}'
+    rows = ['| class | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
+    rows += [f'| {c} | ' + ' | '.join(f(base[k]['per_class_iou'][c]) for k in names) + ' |' for c in classes]
+    return '\n'.join(rows + ['| **mIoU** | ' + ' | '.join(f"**{f(base[k]['miou'])}**" for k in names) + ' |'])
 
 # %% ../nbs/01a_synth.ipynb #df283322
 def class_frequencies(ds)->np.ndarray:
@@ -873,9 +1103,10 @@ def class_frequencies(ds)->np.ndarray:
         lab = ds.load(i)[1]; counts += np.bincount(lab[lab < ds.tax.n].ravel(), minlength=ds.tax.n)
     return counts / counts.sum()
 
+# %% ../nbs/01a_synth.ipynb #62c425fe
 def show_class_frequencies(freq:np.ndarray, tax:Taxonomy, ax=None)->plt.Axes:
     "Horizontal bars of class frequencies (percent, log scale) in the taxonomy's colours."
-    if ax is None: _, ax = plt.subplots(figsize=(4, 2.4))
+    if ax is None: _, ax = plt.subplots(figsize=(4, 2.4), dpi=72)
     ax.barh(range(tax.n), 100 * freq, color=np.array(tax.palette) / 255, edgecolor='k', linewidth=0.3)
     ax.set_yticks(range(tax.n), tax.classes, fontsize=8); ax.invert_yaxis(); ax.set_xscale('log'); ax.set_xlabel('% of pixels (log)', fontsize=8)
     return ax

@@ -19,7 +19,7 @@ from .models import SegNet, save_checkpoint, read_checkpoint, set_rng_state
 
 # %% auto #0
 __all__ = ['LossTerm', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'SeededItems', 'init_distributed', 'is_main', 'sync_module',
-           'Trainer', 'predict', 'evaluate', 'show_history']
+           'Trainer', 'predict', 'evaluate', 'fit_lockstep', 'show_history']
 
 # %% ../nbs/04_train.ipynb #5d88ae46
 class LossTerm(nn.Module):
@@ -276,23 +276,28 @@ def resume(self:Trainer, path:str|Path)->bool:
 @patch
 def teacher_outputs(self:Trainer, img:torch.Tensor # [B,3,H,W] the student's input
                    )->dict|None:
-    "The frozen teacher's outputs on `img` (resized to the teacher's own input size when it has one)."
+    "The frozen teacher's outputs on `img` (read at the teacher's own input size when it has one; logits returned at `img`'s size)."
     if self.teacher is None: return None
     size = getattr(self.teacher, 'input_size', None)
     x = img if not size or tuple(size) == tuple(img.shape[-2:]) else F.interpolate(img, size=tuple(size), mode='bilinear', align_corners=False)
     with torch.inference_mode(), autocast(self.device, self.dtype): out = self.teacher(x)
-    return {k: v.clone() for k, v in out.items()}
+    out = {k: v.clone() for k, v in out.items()}
+    if x is not img: out['logits'] = F.interpolate(out['logits'].float(), size=img.shape[-2:], mode='bilinear', align_corners=False)  # [B,K,H,W] at the student's input
+    return out
 
 # %% ../nbs/04_train.ipynb #95a546c3
 @patch
-def train_step(self:Trainer, batch:dict)->dict:
+def train_step(self:Trainer, batch:dict, # images (and masks, weights, ids) of this step
+               t_out:dict=None # the teacher's outputs on this batch, when already computed (rows trained in lockstep)
+              )->dict:
     "One optimizer step on `batch`; returns the loss of each term."
     cfg, dev = self.cfg, self.device
     img = batch['image'].to(dev, non_blocking=True)
     if cfg.channels_last: img = img.contiguous(memory_format=torch.channels_last)
     mask = batch['mask'].to(dev, non_blocking=True) if 'mask' in batch else None  # [B,H,W]
     if 'labels' in self.needs and mask is None: raise ValueError("a loss term needs labels but the batch has none (data-free data?)")
-    t_out = self.teacher_outputs(img)
+    t_out = self.teacher_outputs(img) if t_out is None else t_out
+    if getattr(self.model, 'input_size', None) is None: self.model.input_size = tuple(img.shape[-2:])  # recorded in checkpoints: the size it learnt at
     self.model.train(); self.terms.train()
     with autocast(dev, self.dtype):
         s_out = self.forward(img)
@@ -432,6 +437,28 @@ def _collate_eval(items:list)->list:
     groups = {}
     for it in items: groups.setdefault((tuple(it['image'].shape), tuple(it['mask'].shape)), []).append(it)
     return [{'image': torch.stack([i['image'] for i in g]), 'mask': torch.stack([i['mask'] for i in g])} for g in groups.values()]
+
+# %% ../nbs/04_train.ipynb #b8bb6e0f
+def fit_lockstep(trainers:list, # Trainers with one seed, step count, batch size and starting step
+                 ds # the training data they share
+                )->list:
+    "Train several runs of one seed together, sharing each step's batch and teacher forward; returns their histories."
+    lead = trainers[0]; c = lead.cfg
+    if any((t.cfg.seed, t.cfg.steps, t.cfg.batch_size, t.step) != (c.seed, c.steps, c.batch_size, lead.step) for t in trainers):
+        raise ValueError("fit_lockstep: the runs must share seed, steps, batch size and starting step")
+    it, t0 = iter(lead.loader(ds)), time.time()
+    while lead.step < c.steps:
+        batch, outs = next(it), {}
+        for tr in trainers:
+            key = id(tr.teacher)
+            if tr.teacher is not None and key not in outs: outs[key] = tr.teacher_outputs(batch['image'].to(tr.device))
+            torch.manual_seed(c.seed * 7919 + tr.step * 31 + tr.rank)  # as in `fit`
+            logs = tr.train_step(batch, t_out=outs.get(key))
+            tr.step += 1; tr._after_step(logs)
+    for tr in trainers:
+        tr.wall_s = (time.time() - t0) / len(trainers)
+        if tr.run_dir is not None: tr.save()
+    return [tr.history for tr in trainers]
 
 # %% ../nbs/04_train.ipynb #fe745289
 def show_history(history:list, # `Trainer.history` (or several, by name)

@@ -207,6 +207,29 @@ def test_guidance_off_equals_unguided_and_on_changes(seg, moments, toy):
         assert (on - plain).abs().max() > 1e-3, mode
         assert len(G.last_losses) == 4
 
+def test_guidance_lowers_the_segmenter_loss_on_the_final_image(seg, moments, toy):
+    "Guidance must reach the image that is returned: the segmenter's CE on the FINAL images is lower with it than without."
+    torch.manual_seed(0)
+    model = L2I(L2IConfig(num_classes=3, size=(16, 24), channels=(8, 16, 16), norm_groups=4)).eval()
+    masks = torch.stack([t['mask'] for t in toy[:4]])
+    plain = sample_l2i(model, masks, steps=6, seeds=[1, 2, 3, 4])
+    ce = lambda x: torch.nn.functional.cross_entropy(seg(x)['logits'], masks, ignore_index=255, reduction='none').mean((1, 2))  # [B]
+    for mode in ('x0', 'xt'):
+        G = Guidance(seg, GuidanceConfig(mode=mode, lam_feat=0, t_start=1.0, t_end=0.0, scale=0.3), moments)
+        with torch.no_grad(): before, after = ce(plain), ce(sample_l2i(model, masks, steps=6, seeds=[1, 2, 3, 4], guidance=G))
+        assert (after < before).all(), (mode, before, after)
+
+def test_x0_guidance_moves_the_sample_by_the_step():
+    "With eta = 0 the x0-mode move must reach x_{t-1}: sqrt(abar_prev) * (the move), not a fraction cancelled by a recomputed eps."
+    from segkd_nb.l2i import make_scheduler, ddim_step
+    sc = make_scheduler(L2IConfig(num_classes=3), 'ddim'); sc.set_timesteps(10)
+    t = sc.timesteps[2]; a = sc.alphas_cumprod[t]; prev = int(t) - 100; a_prev = sc.alphas_cumprod[prev]
+    xt, eps = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    x0 = ((xt - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-0.5, 0.5)  # away from the clip
+    d = torch.full_like(x0, 0.1)
+    moved = ddim_step(sc, t, x0 - d, eps) - ddim_step(sc, t, x0, eps)
+    assert torch.allclose(moved, -a_prev.sqrt() * d, atol=1e-5)
+
 def test_guidance_window_every():
     G = Guidance(torch.nn.Conv2d(3, 3, 1), GuidanceConfig(lam_feat=0, t_start=0.8, t_end=0.3, every=2))
     act = [i for i in range(10) if G.active(i, 10)]  # tau = 1 - i/10 in [0.3, 0.8] -> i in 2..7, every 2nd

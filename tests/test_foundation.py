@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
 from segkd_nb.config import load_settings, seed_everything
-from segkd_nb.data import (DataError, Taxonomy, TaxonomyMapping, camvid_taxonomy, folder_pairs, list_file, cityscapes,
+from segkd_nb.datasets import cityscapes
+from segkd_nb.data import (DataError, Taxonomy, TaxonomyMapping, camvid_taxonomy, folder_pairs, list_file,
                            read_mapping, _write_pair, PoolDataset, collate_skip)
 from segkd_nb.models import build_model, save_checkpoint, load_checkpoint
 from segkd_nb.train import Trainer, TrainConfig, CETerm

@@ -10,7 +10,7 @@ from ..config import load_settings, seed_everything
 from ..data import SegTransform
 from ..datasets import load_split, data_taxonomy
 from ..models import build_model
-from ..metrics import paired_diff
+from ..metrics import paired_stats, fmt_paired
 from ..train import TrainConfig
 from ..kd import build_terms
 from ..l2i import load_l2i
@@ -117,20 +117,20 @@ def d3s2_paired(res:dict, # from `run_d3s2_experiment` (or its results JSON)
                 row:str, ref:str, # the row, and the row it is compared with
                 budget # the budget both are taken at
                )->str:
-    "'+m ± s': the paired difference in mIoU points of `row` from `ref` at `budget`, over the seeds both have."
+    "`paired_stats` of `row` against `ref` at `budget`, over the seeds both have."
     by = lambda name: {r['seed']: r['miou'] for r in res['runs'] if r['row'] == name and r['budget'] == budget}
-    return paired_diff(by(row), by(ref))
+    return paired_stats(by(row), by(ref))
 
 # %% ../../nbs/33_exp_d3s2.ipynb #5e00922a
 def d3s2_table(res:dict # from `run_d3s2_experiment` (or its results JSON)
               )->str:
     "A markdown table: mean ± std mIoU per row and budget, the paired difference from the random real subset of the same budget, and the teacher's agreement with the training images."
-    rows = ['| row | budget | images | mIoU (mean ± std) | Δ vs random real (paired) | teacher agreement |', '|---|---:|---:|---:|---:|---:|']
+    rows = ['| row | budget | images | mIoU (mean ± std) | Δ vs random real | 95% CI | p | verdict | teacher agreement |', '|---|---:|---:|---:|---:|---:|---:|---|---:|']
     n_img = {(r['row'], r['budget']): r.get('n_images', '') for r in res['runs']}
     for k, v in res['summary'].items():
         ta = f"{100*v['teacher_agreement_mean']:.1f}" if v['teacher_agreement_mean'] is not None else '-'
         ni = 'all' if v['budget'] is None else (n_img.get((v['row'], v['budget'])) or '-')
-        dd = '-' if v['row'] == 'random real' else d3s2_paired(res, v['row'], 'random real', v['budget'])
+        dd = 'reference | | |' if v['row'] in ('random real', 'full') else fmt_paired(d3s2_paired(res, v['row'], 'random real', v['budget']))
         rows.append(f"| {v['row']} | {v['budget'] if v['budget'] is not None else 'all'} | {ni} | "
                     f"{100*v['miou_mean']:.1f} ± {100*v['miou_std']:.1f} (n={v['n_seeds']}) | {dd} | {ta} |")
     return '\n'.join(rows)

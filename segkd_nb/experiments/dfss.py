@@ -9,7 +9,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 from ..config import load_settings
 from ..models import build_model
-from ..metrics import paired_diff
+from ..metrics import paired_stats, fmt_paired
 from ..train import TrainConfig
 from ..dfss import score_pool, data_free_data, pool_paths, AuxPool, check_label_free, WDPDKDTerm
 from ..runs import run_training
@@ -78,12 +78,12 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
 def dfss_table(res:dict, # from `dfss_experiment`
                ref:str='random' # the row paired differences are taken from
               )->str:
-    "A markdown table: mIoU mean ± std per row, with K, the share of in-distribution images selected (mean over seeds), and the paired difference from `ref`."
+    "A markdown table: K, the share of in-distribution images selected, mIoU mean ± std per row, and against `ref` the paired Δ, 95% CI, p and verdict."
     n = len(res['config']['seeds'])
     by_seed = {row: {x['seed']: x['miou'] for x in r['runs']} for row, r in res['rows'].items()}
-    lines = [f"| row | K | in-distribution share | mIoU (mean ± std over {n} seeds) | Δ vs {ref} (paired) |", '|---|---:|---:|---:|---:|']
+    lines = [f"| row | K | in-distribution share | mIoU (mean ± std over {n} seeds) | Δ vs {ref} | 95% CI | p | verdict |", '|---|---:|---:|---:|---:|---:|---:|---|']
     for row, r in res['rows'].items():
-        dd = 'reference' if row == ref else paired_diff(by_seed[row], by_seed.get(ref, {}))
+        dd = 'reference | | |' if row == ref else fmt_paired(paired_stats(by_seed[row], by_seed.get(ref, {})))
         lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
     return '\n'.join(lines)
 

@@ -46,7 +46,7 @@ class UnifyConfig:
 def _with_tf(ds, tf):
     "The same items with another transform (through `coarsened` wrappers)."
     if isinstance(ds, coarsened): return coarsened(_with_tf(ds.ds, tf), ds.mapping)
-    return SegDataset(ds.items, ds.tax, tf, cache=True, name=ds.name)
+    return SegDataset(ds.items, ds.tax, tf, cache=True, name=ds.name, label_tax=ds.label_tax)
 
 # %% ../../nbs/34_exp_unify.ipynb #04726b5c
 def unify_experiment(out_dir:str|Path, # everything goes here (resumable)
