@@ -274,10 +274,11 @@ LOSS_HELP = ("loss spec: '+'-joined terms, each TERM[:OPT=VALUE,...]; 'w' sets a
 # %% ../nbs/40_cli.ipynb #5151d7c8
 def cmd_ablate(a):
     "`segkd ablate`"
-    from segkd_nb.runs import ablate, ablation_table, parse_row
+    from segkd_nb.runs import ablate_parallel, ablation_report, parse_row
     for r in a.row: _check_loss(parse_row(r)[1])
-    s = ablate(a.row, a.preset, a.seeds, a.name, a.steps, a.train_split, a.eval_split, a.ref, a.ce, a.out)
-    print(ablation_table(s['summary'], a.ref))
+    s = ablate_parallel(a.row, a.preset, a.seeds, a.workers, name=a.name, steps=a.steps, train_split=a.train_split, eval_split=a.eval_split,
+                        ref=a.ref, ce=a.ce, out=a.out)
+    print(ablation_report(s))
 
 def _ckpt_path(p:str)->Path:
     "A checkpoint path, or a run folder's last.pt."
@@ -308,6 +309,7 @@ def register_eval(sub):
     p.add_argument('--row', action='append', required=True, help="NAME=LOSS (a loss spec as in distill; NAME= is the student alone)")
     p.add_argument('--seeds', type=_numbers(int), default=(0, 1, 2), help='comma-separated paired seeds'); p.add_argument('--name', default='ablation', help='folder under runs_dir')
     p.add_argument('--steps', type=_pos_int); p.add_argument('--ce', type=_nonneg_float, default=1.0)
+    p.add_argument('--workers', type=_pos_int, default=1, help='processes to spread the seeds over (one thread each)')
     p.add_argument('--train-split', default='train', choices=('train', 'holdout', 'all')); p.add_argument('--eval-split', default='val', choices=('val', 'holdout'))
     p.add_argument('--ref', help='row the paired differences are taken from'); p.add_argument('--out', help='write the summary JSON here (e.g. results/NAME.json)')
     p.set_defaults(func=cmd_ablate)

@@ -20,7 +20,7 @@ __all__ = ['ROOT_KEYS', 'CITYSCAPES_CLASSES', 'CITYSCAPES_PALETTE', 'CITYSCAPES_
            'load_split']
 
 # %% ../nbs/01b_datasets.ipynb #f32a633b
-ROOT_KEYS = {'samples': 'data_samples', 'camvid': 'camvid_root', 'idd': 'idd_root', 'cityscapes': 'cityscapes_root',
+ROOT_KEYS = {'samples': 'data_samples', 'camvid': 'camvid_root', 'idd': 'idd_root', 'bsds': 'bsds_root', 'cityscapes': 'cityscapes_root',
              'ade20k': 'ade20k_root', 'voc': 'voc_root', 'coco_stuff': 'coco_stuff_root'}
 
 def data_root(name:str # a dataset name (a key of `ROOT_KEYS`) or a folder

@@ -625,6 +625,6 @@ def distill_data_free(student:nn.Module, # the student
                      )->Trainer:
     "Train `student` from the teacher on unlabelled data with the WDPD-weighted KD loss; returns the trainer."
     terms = check_label_free(terms or {'wdpd': (1.0, WDPDKDTerm(tau, schedule, rho, gamma0))})
-    tr = Trainer(student, terms, cfg, teacher=teacher, **kw)
+    tr = Trainer(student, terms, cfg, teacher=teacher, label_free=True, **kw)
     tr.fit(ds)
     return tr

@@ -150,7 +150,7 @@ def register_term(name:str, # the name used in loss specs
     TERMS[name] = (factory, float(weight)); return factory
 
 # %% ../nbs/05_kd.ipynb #1d5f27dd
-register_term('ce', lambda student=None, teacher=None, label_smoothing=0.0: CETerm(label_smoothing=label_smoothing))
+register_term('ce', lambda student=None, teacher=None, label_smoothing=0.0, balance='none': CETerm(label_smoothing=label_smoothing, balance=balance))
 register_term('kd', lambda student=None, teacher=None, tau=1.0, stride=8: KDTerm(tau, stride))
 register_term('cwd', lambda student=None, teacher=None, tau=4.0, stride=8: CWDTerm(tau, stride), weight=3.0);
 

@@ -12,8 +12,8 @@ from .data import IGNORE
 from .datasets import load_split
 
 # %% auto #0
-__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_stats', 'fmt_paired', 'paired_table', 'location_prior',
-           'colour_lut', 'colour_predict', 'location_prior_miou']
+__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_stats', 'fmt_paired', 'paired_table', 'pairs_table',
+           'location_prior', 'colour_lut', 'colour_predict', 'location_prior_miou']
 
 # %% ../nbs/03_metrics.ipynb #6961780b
 class ConfusionMatrix:
@@ -133,6 +133,19 @@ def paired_table(runs:dict, # row -> {seed: value} (fractions)
         ms = f"{100*v.mean():.1f} ± {100*v.std(ddof=1):.1f}" if len(v) > 1 else f"{100*v.mean():.1f}"
         cells = 'reference | | |' if row == ref else fmt_paired(paired_stats(by, runs[ref]))
         lines.append(f"| {row} | {ms} | {len(v)} | {cells} |")
+    return '\n'.join(lines)
+
+# %% ../nbs/03_metrics.ipynb #c8dc8fb0
+def pairs_table(runs:dict, # row -> {seed: value} (fractions)
+                pairs:list, # (row, reference row) comparisons, e.g. [('kd+gskd', 'kd')]
+                label:str='mIoU' # what the values are
+               )->str:
+    "Markdown: one line per comparison `row − ref`, with the paired Δ, its 95% CI, p and the verdict."
+    lines = [f'| comparison | Δ {label} | 95% CI | p | verdict | seeds |', '|---|---:|---:|---:|---|---:|']
+    for row, ref in pairs:
+        if row not in runs or ref not in runs: continue
+        s = paired_stats(runs[row], runs[ref])
+        lines.append(f"| {row} − {ref} | {fmt_paired(s)} | {s['n']} |")
     return '\n'.join(lines)
 
 # %% ../nbs/03_metrics.ipynb #1c0146c4

@@ -15,15 +15,15 @@ from .config import (load_settings, save_json, load_json, git_commit, config_has
 from .data import Taxonomy, SegDataset, DataError, folder_pairs, camvid_taxonomy, idd_lite_taxonomy, SegTransform
 from .datasets import data_root, data_taxonomy, load_split, CAMVID_DRIVES
 from .models import build_model, load_checkpoint, read_checkpoint, SegNet
-from .metrics import per_class_table, location_prior_miou
+from .metrics import per_class_table, location_prior_miou, paired_table, pairs_table
 from .train import Trainer, TrainConfig, evaluate, show_history, is_main, fit_lockstep, _VOLATILE
 from .kd import build_terms, parse_loss
 from . import baselines, gskd, dfss  # their loss terms join the registry
 
 # %% auto #0
 __all__ = ['PRESETS', 'Preset', 'get_preset', 'run_lock', 'run_key', 'run_done', 'run_training', 'run_rows', 'teacher_config',
-           'teacher_dir', 'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir', 'parse_row', 'summarise',
-           'ablation_table', 'ablate', 'ablation_report']
+           'teacher_dir', 'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir', 'parse_row', 'ablate',
+           'ablate_parallel', 'ablation_runs', 'ablation_report']
 
 # %% ../nbs/30_runs.ipynb #75be7b51
 @dataclass
@@ -46,9 +46,9 @@ class Preset:
 
 # %% ../nbs/30_runs.ipynb #1b7717a8
 PRESETS = {
-    'samples': Preset(),
-    'camvid-cpu': Preset(data='camvid', size=(120, 160), teacher_arch='lraspp_mbv3', teacher_width=None, student_arch='tiny_s',
-                         student_width=12, teacher_steps=3000, student_steps=1500, batch_size=8, lr=2e-3),
+    'samples': Preset(teacher_width=32, teacher_steps=3000, student_steps=500),
+    'camvid-cpu': Preset(data='camvid', size=(120, 160), teacher_arch='tiny', teacher_width=32, teacher_steps=6000,
+                         student_arch='tiny_s', student_width=12, student_steps=400, batch_size=8, lr=3e-3),
 }
 
 def get_preset(name:str, **over)->Preset:
@@ -214,7 +214,7 @@ def d3s2_run_dir(data:str, selection:str, synth:str, guidance:str, budget, seed:
     kind = 'real' if synth == 'real' else f"l2i-{guidance.replace('+', '_')}"
     return load_settings().path('runs_dir')/f"d3s2-{Path(data).name}-{selection}-{kind}-b{budget}-s{seed}"
 
-# %% ../nbs/30_runs.ipynb #262513f9
+# %% ../nbs/30_runs.ipynb #829e9a64
 def parse_row(s:str # 'NAME=LOSS', LOSS a loss spec ('' = the student alone)
              )->tuple:
     "'NAME=LOSS' -> (name, loss spec), the loss spec checked."
@@ -224,76 +224,81 @@ def parse_row(s:str # 'NAME=LOSS', LOSS a loss spec ('' = the student alone)
     parse_loss(spec)
     return name, spec
 
-# %% ../nbs/30_runs.ipynb #f9a4f120
-def summarise(runs:dict, # row -> {seed: metrics}
-              ref:str=None # the row differences are taken from
-             )->dict:
-    "Mean ± std of mIoU, paired differences from `ref`, and mean per-class IoU."
-    out = {}
-    for row, by_seed in runs.items():
-        seeds = sorted(by_seed); m = np.array([by_seed[s]['miou'] for s in seeds])
-        classes = list(by_seed[seeds[0]]['per_class_iou'])
-        pc = {c: (float(np.mean(v)) if (v := [by_seed[s]['per_class_iou'][c] for s in seeds if by_seed[s]['per_class_iou'][c] is not None]) else None) for c in classes}
-        r = {'miou_mean': float(m.mean()), 'miou_std': float(m.std(ddof=1)) if len(m) > 1 else 0.0, 'miou': {str(s): by_seed[s]['miou'] for s in seeds},
-             'per_class_iou': pc, 'n_seeds': len(seeds)}
-        if ref is not None and ref in runs and row != ref:
-            d = np.array([by_seed[s]['miou'] - runs[ref][s]['miou'] for s in seeds if s in runs[ref]])
-            r |= {'diff_mean': float(d.mean()), 'diff_std': float(d.std(ddof=1)) if len(d) > 1 else 0.0}
-        out[row] = r
-    return out
+# %% ../nbs/30_runs.ipynb #8abe87c1
+def _row_summary(by_seed:dict # seed -> metrics of one row
+                )->dict:
+    "mIoU per seed, its mean and std, and the mean per-class IoU of one row."
+    seeds = sorted(by_seed); m = np.array([by_seed[s]['miou'] for s in seeds])
+    pc = {c: (float(np.mean(v)) if (v := [by_seed[s]['per_class_iou'][c] for s in seeds if by_seed[s]['per_class_iou'].get(c) is not None]) else None)
+          for c in by_seed[seeds[0]]['per_class_iou']}
+    return {'miou': {str(s): by_seed[s]['miou'] for s in seeds}, 'miou_mean': float(m.mean()), 'miou_std': float(m.std(ddof=1)) if len(m) > 1 else 0.0,
+            'per_class_iou': pc, 'n_seeds': len(seeds)}
 
-# %% ../nbs/30_runs.ipynb #b82de92d
-def ablation_table(summary:dict, # from `summarise`
-                   ref:str=None)->str:
-    "Markdown: mIoU mean ± std and the paired difference from `ref`, in percent."
-    rows = [f"| row | mIoU (mean ± std) | Δ vs {ref} (paired, mean ± std) | seeds |", '|---|---:|---:|---:|']
-    for n, r in summary.items():
-        d = f"{100*r['diff_mean']:+.1f} ± {100*r['diff_std']:.1f}" if 'diff_mean' in r else ('reference' if n == ref else '')
-        rows.append(f"| {n} | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {d} | {r['n_seeds']} |")
-    return '\n'.join(rows)
-
-# %% ../nbs/30_runs.ipynb #8cd37ae5
+# %% ../nbs/30_runs.ipynb #ad338c01
 def ablate(rows:list, # 'NAME=LOSS' strings (LOSS a loss spec; '' = the student alone)
            preset:str='samples', # the preset (data, models, schedule)
            seeds:list=(0, 1, 2), # paired seeds
            name:str='ablation', # folder under runs_dir
            steps:int=None, # student steps (default: the preset)
            train_split:str='train', eval_split:str='val', # where rows train and are scored
-           ref:str=None, # the row differences are taken from
-           ce:float=1.0, # cross-entropy weight in every row
-           out:str|Path=None # write the summary JSON here
+           ref:str=None, # the row the table's Δ column is taken from
+           ce:float=1.0, # cross-entropy weight in every row (unless its spec has a `ce` term)
+           out:str|Path=None # write the result JSON here (with command and commit)
           )->dict:
-    "Run every row with every seed (staged: finished runs are skipped) and summarise."
-    p = get_preset(preset, student_steps=steps)
-    tax = data_taxonomy(p.data)
+    "Run every row with every seed (staged, rows of a seed in lockstep) and summarise."
+    p = get_preset(preset, student_steps=steps); tax = data_taxonomy(p.data)
     teacher, t_dir = cached_teacher(p)
     train_ds, eval_ds = load_split(p.data, train_split, p.size), load_split(p.data, eval_split, p.size)
-    parsed = [parse_row(r) for r in rows]
-    runs = {n: {} for n, _ in parsed}
-    base = Path(load_settings().path('runs_dir'))/name
-    t0 = time.time()
+    parsed = [parse_row(r) for r in rows]; runs = {n: {} for n, _ in parsed}
+    base, t0 = Path(load_settings().path('runs_dir'))/name, time.time()
     for seed in seeds:
         cfg = TrainConfig(steps=p.student_steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
         spec_rows = {n: dict(run_dir=base/f"{n}-s{seed}", model=lambda: build_model(p.student_arch, tax.n, width=p.student_width),
-                             terms=lambda st, spec=spec: build_terms(spec, st, teacher, ce=ce), teacher=teacher if spec else None,
-                             meta={'data': p.data, 'preset': asdict(p), 'row': n, 'spec': spec, 'eval_split': eval_split, 'train_split': train_split, 'teacher': str(t_dir)})
+                             terms=lambda st, spec=spec: build_terms(spec, st, teacher, ce=ce), teacher=teacher if spec.strip() else None,
+                             meta={'data': p.data, 'size': list(p.size), 'row': n, 'spec': spec, 'eval_split': eval_split, 'train_split': train_split, 'teacher': t_dir.name})
                      for n, spec in parsed}
         for n, m in run_rows(spec_rows, train_ds, eval_ds, cfg, tax).items():
-            runs[n][seed] = m; print(f"{n} seed {seed}: mIoU {100*m['miou']:.1f}")
-    summary = {'wall_s': round(time.time() - t0, 1), 'preset': asdict(p), 'seeds': list(seeds), 'rows': rows, 'ref': ref,
-               'eval_split': eval_split, 'train_split': train_split,
-               'teacher': {'dir': t_dir.name, **{k: v for k, v in load_json(t_dir/'metrics.json').items() if k in ('miou', 'per_class_iou')}},
-               'summary': summarise(runs, ref)}
-    return load_json(save_result(summary, out)) if out else summary
+            runs[n][seed] = m; print(f"{n} seed {seed}: mIoU {100*m['miou']:.1f}", flush=True)
+    t_metrics = load_json(t_dir/'metrics.json')
+    res = {'wall_s': round(time.time() - t0, 1), 'preset': asdict(p), 'seeds': list(seeds), 'rows': rows, 'ref': ref, 'eval_split': eval_split,
+           'train_split': train_split, 'teacher': {'dir': t_dir.name, 'miou': t_metrics['miou'], 'per_class_iou': t_metrics['per_class_iou']},
+           'summary': {n: _row_summary(by) for n, by in runs.items()}}
+    return load_json(save_result(res, out)) if out else res
 
-# %% ../nbs/30_runs.ipynb #6fd8ba74
-def ablation_report(res:dict, # the content of an `ablate(..., out=...)` JSON file
+# %% ../nbs/30_runs.ipynb #cd55b2d3
+def _ablate_worker(kw:dict)->list:
+    "One process of `ablate_parallel`: one thread, some seeds."
+    torch.set_num_threads(1)
+    return ablate(**kw)['seeds']
+
+def ablate_parallel(rows:list, preset:str='samples', seeds:list=(0, 1, 2), workers:int=2, **kw)->dict:
+    "`ablate` with its seeds spread over `workers` processes (one thread each), then one summary (finished runs are read back)."
+    cached_teacher(get_preset(preset, student_steps=kw.get('steps')))  # trained once, before the workers need it
+    out, t0 = kw.pop('out', None), time.time()
+    if workers > 1 and len(seeds) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        jobs = [dict(rows=rows, preset=preset, seeds=list(seeds[i::workers]), **kw) for i in range(workers)]
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex: list(ex.map(_ablate_worker, jobs))
+    res = ablate(rows, preset, seeds, **kw)
+    res['wall_s'] = round(time.time() - t0, 1); res['workers'] = workers
+    return load_json(save_result(res, out)) if out else res
+
+# %% ../nbs/30_runs.ipynb #98eb68b5
+def ablation_runs(res:dict)->dict:
+    "row -> {seed: mIoU} of an `ablate` result."
+    return {n: {int(s): v for s, v in r['miou'].items()} for n, r in res['summary'].items()}
+
+def ablation_report(res:dict, # an `ablate` result (or its JSON file's content)
+                    pairs:list=(), # extra (row, reference) comparisons
                     per_class:bool=True # add the mean per-class IoU table
                    )->str:
-    "Markdown: command, teacher, the mean ± std table with paired differences, and the mean per-class IoU."
-    md = (f"`{res['command']}` (commit `{res['git']}`; teacher {100*res['teacher']['miou']:.1f} mIoU; scored on {res['eval_split']}, "
-          f"{len(res['seeds'])} paired seeds)\n\n" + ablation_table(res['summary'], res['ref']))
+    "Markdown: command and commit, teacher, the paired table against `ref`, chosen comparisons, and mean per-class IoU."
+    runs = ablation_runs(res)
+    md = (f"`{res.get('command', '')}` (commit `{res.get('git', '')}`; teacher {100*res['teacher']['miou']:.1f} mIoU; scored on {res['eval_split']}, "
+          f"{len(res['seeds'])} paired seeds; {res['wall_s']/60:.1f} min)\n\n" + paired_table(runs, res['ref'] or next(iter(runs))))
+    if pairs: md += '\n\n' + pairs_table(runs, pairs)
     if per_class:
         pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
-        md += "\n\nMean per-class IoU over seeds:\n\n" + per_class_table(pc)
+        md += "\n\nMean per-class IoU over seeds:\n\n" + per_class_table({'teacher': res['teacher'], **pc})
     return md

@@ -18,8 +18,8 @@ from .metrics import ConfusionMatrix
 from .models import SegNet, save_checkpoint, read_checkpoint, set_rng_state
 
 # %% auto #0
-__all__ = ['LossTerm', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'SeededItems', 'init_distributed', 'is_main', 'sync_module',
-           'Trainer', 'predict', 'evaluate', 'fit_lockstep', 'show_history']
+__all__ = ['LossTerm', 'batch_class_weights', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'SeededItems', 'init_distributed',
+           'is_main', 'sync_module', 'Trainer', 'predict', 'evaluate', 'fit_lockstep', 'show_history']
 
 # %% ../nbs/04_train.ipynb #5d88ae46
 class LossTerm(nn.Module):
@@ -28,15 +28,29 @@ class LossTerm(nn.Module):
     def forward(self, ctx:dict)->torch.Tensor: raise NotImplementedError
 
 # %% ../nbs/04_train.ipynb #b86d97bb
+def batch_class_weights(mask:torch.Tensor, # [B,H,W] labels, `ignore` skipped
+                        n:int, # number of classes K
+                        ignore:int=IGNORE)->torch.Tensor:
+    "[K] median-frequency weights of one batch (Eigen & Fergus 2015; SegNet's CamVid setting): median(f) / f_c, 0 for absent classes."
+    m = mask[mask != ignore]
+    f = torch.bincount(m, minlength=n)[:n].float()        # [K] pixel counts
+    present = f > 0
+    w = torch.zeros(n, device=mask.device)
+    if present.any(): w[present] = f[present].median() / f[present]
+    return w
+
 class CETerm(LossTerm):
-    "Cross-entropy with the labels (255 ignored)."
+    "Cross-entropy with the labels (255 ignored); `balance='batch'` weights classes by median frequency in each batch."
     needs = ('labels',)
-    def __init__(self, ignore_index:int=IGNORE, label_smoothing:float=0.0):
-        super().__init__(); self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+    def __init__(self, ignore_index:int=IGNORE, label_smoothing:float=0.0, balance:str='none'):
+        super().__init__()
+        if balance not in ('none', 'batch'): raise ValueError(f"CETerm: balance must be 'none' or 'batch', got {balance!r}")
+        self.ignore_index, self.label_smoothing, self.balance = ignore_index, label_smoothing, balance
     def forward(self, ctx):
         logits, mask = ctx['s']['logits'], ctx['mask']  # [B,K,H,W], [B,H,W]
         if (mask != self.ignore_index).sum() == 0: return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
+        w = batch_class_weights(mask, logits.shape[1], self.ignore_index) if self.balance == 'batch' else None
+        return F.cross_entropy(logits.float(), mask, weight=w, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
 
 # %% ../nbs/04_train.ipynb #f555058f
 _CHOICES = dict(optimizer=('adamw', 'sgd'), device=('auto', 'cpu', 'cuda'), precision=('auto', 'fp32', 'bf16', 'fp16'), sync_bn=('auto', 'on', 'off'))
@@ -172,7 +186,8 @@ class Trainer:
                  run_dir:str|Path=None, # where checkpoints and history go
                  callbacks:list=(), # objects with optional `on_step(trainer, step, logs)` / `on_end(trainer)`
                  taxonomy=None, # stored in checkpoints
-                 meta:dict=None # extra config stored in checkpoints
+                 meta:dict=None, # extra config stored in checkpoints
+                 label_free:bool=False # never read a batch's labels (data-free distillation)
                 ):
         self.cfg = cfg or TrainConfig()
         self.rank, self.world = init_distributed()
@@ -184,7 +199,7 @@ class Trainer:
         self._set_optim()
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks, self.taxonomy, self.meta = list(callbacks), taxonomy, dict(meta or {})
-        self.step, self.history = 0, []
+        self.step, self.history, self.label_free = 0, [], label_free
 
 # %% ../nbs/04_train.ipynb #c8fb5065
 @patch
@@ -294,7 +309,7 @@ def train_step(self:Trainer, batch:dict, # images (and masks, weights, ids) of t
     cfg, dev = self.cfg, self.device
     img = batch['image'].to(dev, non_blocking=True)
     if cfg.channels_last: img = img.contiguous(memory_format=torch.channels_last)
-    mask = batch['mask'].to(dev, non_blocking=True) if 'mask' in batch else None  # [B,H,W]
+    mask = batch['mask'].to(dev, non_blocking=True) if ('mask' in batch and not self.label_free) else None  # [B,H,W]
     if 'labels' in self.needs and mask is None: raise ValueError("a loss term needs labels but the batch has none (data-free data?)")
     t_out = self.teacher_outputs(img) if t_out is None else t_out
     if getattr(self.model, 'input_size', None) is None: self.model.input_size = tuple(img.shape[-2:])  # recorded in checkpoints: the size it learnt at

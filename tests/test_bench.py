@@ -10,16 +10,16 @@ def run(script, *args, **env):
     return subprocess.run([sys.executable, str(ROOT/'bench'/script), *args], capture_output=True, text=True, env=e, cwd=ROOT, timeout=300)
 
 def test_dfss_experiment_names_the_missing_real_data(tmp_path):
-    r = run('dfss_experiment.py', SEGKD_BSDS_ROOT=str(tmp_path/'nope'))
-    assert r.returncode != 0 and 'real data not found' in r.stderr and 'bsds_root' in r.stderr, r.stderr[-2000:]
+    r = run('dfss_experiment.py', '--preset', 'camvid-cpu', '--out', str(tmp_path/'r.json'), SEGKD_BSDS_ROOT=str(tmp_path/'nope'), SEGKD_CACHE_DIR=str(tmp_path/'cache'))
+    assert r.returncode != 0 and 'not found' in r.stderr and 'bsds_root' in r.stderr, r.stderr[-2000:]
 
 def test_unify_experiment_names_the_missing_real_data(tmp_path):
-    r = run('unify_experiment.py', '--data', 'camvid-idd', SEGKD_IDD_ROOT=str(tmp_path/'nope'))
+    r = run('unify_experiment.py', '--data', 'camvid-idd', '--out', str(tmp_path/'r.json'), SEGKD_IDD_ROOT=str(tmp_path/'nope'), SEGKD_RUNS_DIR=str(tmp_path/'runs'))
     assert r.returncode != 0 and 'unify_experiment:' in r.stderr and 'not found' in r.stderr, r.stderr[-2000:]
 
 def test_unify_experiment_refuses_a_teacher_shorter_than_its_students():
-    r = run('unify_experiment.py', '--data', 'samples', '--teacher-steps', '10', '--student-steps', '20')
-    assert r.returncode != 0 and "must be at least the students'" in r.stderr, r.stderr[-2000:]
+    r = run('unify_experiment.py', '--data', 'samples', '--teacher-steps', '30', '--student-steps', '20', '--out', 'x.json')
+    assert r.returncode != 0 and "at least twice the students'" in r.stderr, r.stderr[-2000:]
 
 def test_interleaved_timing_runs_every_variant_once_per_round():
     sys.path.insert(0, str(ROOT/'bench'))

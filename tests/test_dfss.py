@@ -339,10 +339,10 @@ def test_export_pool_to_fiftyone(fo_db, tmp_path):
     assert len(ds2) == 6 and ds2.count_values('ads_selected') == {False: 6}
 
 def test_dfss_experiment_smoke(tmp_path, monkeypatch):
-    import segkd_nb.dfss as dfss
-    from segkd_nb.experiments.dfss import dfss_experiment, dfss_table, DFSS_ROWS
-    calls, real = [], dfss.score_pool
-    monkeypatch.setattr(dfss, 'score_pool', lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    import segkd_nb.experiments.dfss as exp
+    from segkd_nb.experiments.dfss import dfss_experiment, dfss_table, dfss_rows
+    calls, real = [], exp.score_pool
+    monkeypatch.setattr(exp, 'score_pool', lambda *a, **kw: calls.append(1) or real(*a, **kw))
     from segkd_nb.models import build_model
     from segkd_nb.datasets import load_split
     from segkd_nb.train import TrainConfig
@@ -350,18 +350,19 @@ def test_dfss_experiment_smoke(tmp_path, monkeypatch):
     pool, orig = write_pool(tmp_path/'pool', 4, 4), write_pool(tmp_path/'orig', 3, 0, seed=1)
     torch.manual_seed(0)
     teacher = set_bn_stats(build_model('tiny_s', val.tax.n), images(4, 0, 24, 32)).eval()
-    res = dfss_experiment(teacher, pool, val, original=orig, k=4, seeds=(0, 1), size=(24, 32), run_dir=tmp_path/'runs', tax=val.tax,
+    rows = dfss_rows((0.5,))
+    res = dfss_experiment(teacher, pool, val, orig, rows, seeds=(0, 1), size=(24, 32), run_dir=tmp_path/'runs', tax=val.tax,
                           cfg=TrainConfig(steps=2, batch_size=2, lr=1e-3, device='cpu'))
-    assert list(res['rows']) == list(DFSS_ROWS)
+    assert list(res['rows']) == [r[0] for r in rows]
     for row, r in res['rows'].items():
         assert [x['seed'] for x in r['runs']] == [0, 1] and 0 <= r['miou_mean'] <= 1 and r['miou_std'] >= 0
         for s in (0, 1):
             cfg = json.loads((tmp_path/'runs'/f'{row}-s{s}'/'config.json').read_text())
             assert cfg['train']['steps'] == 2 and cfg['train']['seed'] == s  # equal steps, paired seeds
-    assert res['rows']['kd-original']['k'] == 3 and res['rows']['all']['k'] == 8 and res['rows']['ads']['k'] == 4
+    assert res['rows']['kd-original']['k'] == 3 and res['rows']['all']['k'] == 8 and res['rows']['ads@0.5']['k'] == 4
     sel = lambda row, s: json.loads((tmp_path/'runs'/f'{row}-s{s}'/'config.json').read_text())['selected']
-    assert sel('ads', 0) == sel('ads', 1) and sorted(sel('ads', 0)) == sorted(sel('ads+wdpd', 0))
-    assert json.loads((tmp_path/'runs'/'ads+wdpd-s0'/'config.json').read_text())['schedule'] == 'linear'
-    assert '| ads+wdpd | 4 |' in dfss_table(res)
+    assert sel('ads@0.5', 0) == sel('ads@0.5', 1) and sorted(sel('ads@0.5', 0)) == sorted(sel('ads+wdpd@0.5', 0))
+    assert sel('random@0.5', 0) != sel('random@0.5', 1) or len(set(sel('random@0.5', 0))) == 4
+    assert json.loads((tmp_path/'runs'/'ads+wdpd@0.5-s0'/'config.json').read_text())['schedule'] == 'linear'
+    assert '| ads+wdpd@0.5 | 4 |' in dfss_table(res)
     assert len(calls) == 1  # the pool is scored once per experiment, shared by every data-free row and seed
-    with pytest.raises(ValueError, match='unknown rows'): dfss_experiment(teacher, pool, val, rows=('best',))

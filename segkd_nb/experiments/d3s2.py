@@ -6,19 +6,20 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, torch
-from ..config import load_settings, seed_everything
-from ..data import SegTransform
+from ..config import load_settings, seed_everything, save_json, load_json, save_result
+from ..data import SegTransform, folder_pairs
 from ..datasets import load_split, data_taxonomy
 from ..models import build_model
 from ..metrics import paired_stats, fmt_paired
-from ..train import TrainConfig
+from ..train import TrainConfig, evaluate
 from ..kd import build_terms
 from ..l2i import load_l2i
 from ..d3s2 import GuidanceConfig, Guidance, distill_dataset, teacher_agreement, guidance_from_spec
 from ..runs import get_preset, cached_teacher, run_training, l2i_run_dir
 
 # %% auto #0
-__all__ = ['D3S2_ROWS', 'd3s2_exp_dir', 'd3s2_run_name', 'run_d3s2_experiment', 'summarise_d3s2', 'd3s2_paired', 'd3s2_table']
+__all__ = ['D3S2_ROWS', 'd3s2_exp_dir', 'd3s2_run_name', 'set_agreement', 'run_d3s2_experiment', 'summarise_d3s2', 'd3s2_paired',
+           'd3s2_table']
 
 # %% ../../nbs/33_exp_d3s2.ipynb #9e1871f0
 D3S2_ROWS = {'random real': dict(selection='random', synth='real', guidance=None),
@@ -48,6 +49,14 @@ def _l2i_minutes(l2i)->float|None:
     s = getattr(load_l2i(p, device='cpu'), 'train_s', None) if p.exists() else None
     return round(s / 60, 1) if s else None
 
+# %% ../../nbs/33_exp_d3s2.ipynb #1d92a864
+def set_agreement(scorer, # a segmenter independent of the one that guided synthesis
+                  folder, # a distilled set (images/, labels/)
+                  tax, size:tuple # taxonomy; the scorer's input size
+                 )->float:
+    "mIoU of `scorer` on a distilled set's images against the masks they were drawn for (one confusion matrix over the set)."
+    return evaluate(scorer, folder_pairs(folder, tax, transform=SegTransform(tuple(size), train=False)), tax.classes, device='cpu')['miou']
+
 # %% ../../nbs/33_exp_d3s2.ipynb #eb92278c
 def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and student (see `segkd_nb.runs.PRESETS`)
                         budgets:tuple=(0.05, 0.1), # fractions (or counts) of the training split
@@ -66,15 +75,15 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
     train_src = load_split(p.data, 'train', size=None, augment=False)
     val = load_split(p.data, 'val', p.size)
     size = None if tuple(p.size) == tuple(train_src[0]['mask'].shape) else p.size
-    teacher = cached_teacher(p)[0].eval()
+    teacher = cached_teacher(p)[0].eval()   # guides the synthesis
+    scorer = cached_teacher(p, seed=1)[0].eval()  # an independently trained segmenter scores the images: guidance optimised the first one
     l2i = l2i or l2i_run_dir(p.data)
     steps = student_steps or p.student_steps
     gcfg = guidance or GuidanceConfig()
     def student(name, ds, seed):
-        seed_everything(seed)
-        m = build_model(p.student_arch, tax.n, width=p.student_width)
         cfg = TrainConfig(steps=steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
-        return run_training(out/'students'/name, m, build_terms('', ce=1.0), ds, val, cfg, tax=tax, meta={'data': p.data, 'experiment': 'd3s2'})
+        return run_training(out/'students'/name, lambda: build_model(p.student_arch, tax.n, width=p.student_width), build_terms('', ce=1.0), ds, val, cfg,
+                            tax=tax, meta={'data': p.data, 'experiment': 'd3s2'})
     runs = []
     for seed in seeds:
         if 'full' in rows:
@@ -89,16 +98,15 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
                                        segmenter=teacher, tax=tax, progress=False)
                 r = student(d3s2_run_name(row, b, seed), load_distilled(folder, transform=SegTransform(p.size, train=True)), seed)
                 runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'],
-                             'per_class_iou': r['per_class_iou'], 'teacher_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
+                             'per_class_iou': r['per_class_iou'], 'teacher_agreement': set_agreement(scorer, folder, tax, p.size), 'guide_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
     res = {'preset': preset, 'data': p.data, 'student': f'{p.student_arch} (width {p.student_width})', 'student_steps': steps,
            'budgets': list(budgets), 'seeds': list(seeds), 'guidance': asdict(gcfg), 'l2i': str(l2i), 'runs': runs,
-           'summary': summarise_d3s2(runs), 'git': git_commit(),
+           'summary': summarise_d3s2(runs),
            'stage_minutes': {'diffusion training': _l2i_minutes(l2i),
                              'synthesis (all sets)': round(sum(r.get('synth_s') or 0 for r in runs) / 60, 1),
                              'students (all runs)': round(sum(r.get('train_s') or 0 for r in runs) / 60, 1)}}
     save_json(res, out/f"results-b{'_'.join(map(str, budgets))}-s{'_'.join(map(str, seeds))}.json")
-    if results: save_json(res, results)
-    return res
+    return load_json(save_result(res, results)) if results else res
 
 # %% ../../nbs/33_exp_d3s2.ipynb #e770052c
 def summarise_d3s2(runs:list)->dict:

@@ -7,17 +7,22 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, torch
-from ..config import seed_everything
+from torch.utils.data import ConcatDataset
+import time
+from ..config import git_commit, seed_everything, load_settings, load_json, save_json, save_result
 from ..data import SegDataset, SegTransform, Taxonomy, TaxonomyMapping, camvid_taxonomy, idd_lite_taxonomy, CAMVID_TO_IDD
 from ..synth import load_samples, fine_to_coarse
 from ..datasets import load_split
 from ..models import build_model, load_checkpoint
 from ..train import TrainConfig, CETerm
 from ..unify import (SCALES, coarsened, relabelled, write_pseudo_labels, compound_dataset, evaluate_mapped, score_pseudo_labels)
+from ..metrics import paired_stats, paired_table, pairs_table
+from ..train import evaluate
 from ..runs import run_training
 
 # %% auto #0
-__all__ = ['CAMVID_COARSE_CLASSES', 'CAMVID_TO_COARSE', 'UnifyConfig', 'unify_experiment', 'unify_summary', 'unify_tables',
+__all__ = ['UNIFY_ROWS', 'UNIFY_PAIRS', 'EXPERIMENTS', 'CAMVID_COARSE_CLASSES', 'CAMVID_TO_COARSE', 'UnifyConfig',
+           'unify_experiment', 'unify_summary', 'unify_tables', 'unify_verdicts', 'run_unify_protocol',
            'camvid_coarse_mapping', 'unify_samples_experiment', 'unify_camvid_coarse_experiment',
            'unify_camvid_idd_experiment']
 
@@ -28,14 +33,14 @@ class UnifyConfig:
     arch: str = 'tiny_s'  # teacher and students (the same architecture)
     width: int = None  # base width (TinySeg only)
     size: tuple = (96, 128)  # (H, W) training crop and evaluation size
-    teacher_steps: int = 600  # at least `student_steps`
-    student_steps: int = 400  # every student row gets the same number of optimizer steps
+    teacher_steps: int = 800  # at least twice `student_steps`: the 2x rows train as long as the teacher
+    student_steps: int = 400  # every student row gets this number of optimizer steps (the 2x rows twice as many)
     batch_size: int = 8
     lr: float = 3e-3
     seeds: tuple = (0, 1, 2)  # paired: teacher and students of seed s share it
     weights: tuple = (1.0, 1.0)  # sampling weights: source ground truth, pseudo-labelled set
     flip: bool = True  # pseudo-labelling TTA
-    scales: tuple = SCALES
+    scales: tuple = (0.75, 1.0, 1.25)  # pseudo-labelling TTA scales
     base_size: tuple = None  # (h, w) the TTA scales refer to (default: each image's own size)
     void_policy: str = 'allowed'
     threshold: float = 0.5
@@ -48,7 +53,16 @@ def _with_tf(ds, tf):
     if isinstance(ds, coarsened): return coarsened(_with_tf(ds.ds, tf), ds.mapping)
     return SegDataset(ds.items, ds.tax, tf, cache=True, name=ds.name, label_tax=ds.label_tax)
 
-# %% ../../nbs/34_exp_unify.ipynb #04726b5c
+# %% ../../nbs/34_exp_unify.ipynb #f9d13d06
+def _unify_rows(cfg:UnifyConfig, tr_src, second, base, pdir:Path, src, tf)->dict:
+    "row -> (datasets, sampling weights, steps, taxonomy) of one seed's students."
+    rows = {'source_only': ([tr_src], [1.0], cfg.student_steps, src), 'source_only_2x': ([tr_src], [1.0], 2 * cfg.student_steps, src)}
+    for kind in ('raw', 'unified'):
+        rows[f'compound_{kind}'] = ([tr_src, relabelled(base, pdir/kind, src, transform=tf, cache=True)], list(cfg.weights), cfg.student_steps, src)
+    rows['compound_unified_2x'] = (rows['compound_unified'][0], list(cfg.weights), 2 * cfg.student_steps, src)
+    return rows
+
+# %% ../../nbs/34_exp_unify.ipynb #1d98a128
 def unify_experiment(out_dir:str|Path, # everything goes here (resumable)
                      cfg:UnifyConfig, # settings
                      source:SegDataset, # source-taxonomy training data with ground truth (no transform)
@@ -58,28 +72,21 @@ def unify_experiment(out_dir:str|Path, # everything goes here (resumable)
                      second_val=None, # target-labelled validation set (scored through `evaluate_mapped`)
                      name:str='unify' # experiment name (in the results)
                     )->dict:
-    "Teacher, raw/unified pseudo-labels (scored when hidden labels exist), three students per seed; returns all metrics."
+    "Per seed: teacher, raw/unified pseudo-labels, students (source only, compound raw/unified, equal-exposure 2x rows) and the oracle; all metrics."
     out = Path(out_dir); src = mapping.src
-    def fresh(seed):  # the same initial weights for the teacher and every student of a seed
-        seed_everything(seed); return build_model(cfg.arch, src.n, cfg.width)
     tf, ev = SegTransform(tuple(cfg.size)), SegTransform(tuple(cfg.size), train=False)
     tr_src, val_ds = _with_tf(source, tf), _with_tf(val, ev)
     sval = _with_tf(second_val, ev) if second_val is not None else None
     modes = ['lenient', 'strict'] if not mapping.is_function else ['lenient']
-    tcfg = lambda steps, seed: TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=cfg.device,
-                                           precision=cfg.precision, ckpt_every=100, progress=False)
-    res = {'name': name, 'config': asdict(cfg), 'mapping': mapping.links, 'source': src.name, 'target': mapping.dst.name,
-           'n_source': len(source), 'n_second': len(second), 'seeds': {}}
+    tcfg = lambda steps, seed: TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=cfg.device, precision=cfg.precision, ckpt_every=100, progress=False)
+    res = {'name': name, 'config': asdict(cfg), 'mapping': mapping.links, 'source': src.name, 'target': mapping.dst.name, 'n_source': len(source), 'n_second': len(second), 'seeds': {}}
     def scored(run_dir, metrics):
         model = load_checkpoint(Path(run_dir)/'last.pt')[0]
-        row = {'val': metrics}
-        for md in (modes if sval is not None else []): row[f'second_val_{md}'] = evaluate_mapped(model, sval, mapping, md)
-        return model, row
+        return model, {'val': metrics} | {f'second_val_{md}': evaluate_mapped(model, sval, mapping, md) for md in (modes if sval is not None else [])}
     for seed in cfg.seeds:
         r = res['seeds'][seed] = {}
         tdir = out/f'teacher_s{seed}'
-        tm = run_training(tdir, fresh(seed), {'ce': (1.0, CETerm())}, tr_src, val_ds, tcfg(cfg.teacher_steps, seed),
-                          tax=src, meta={'unify': name, 'role': 'teacher'})
+        tm = run_training(tdir, lambda: build_model(cfg.arch, src.n, cfg.width), {'ce': (1.0, CETerm())}, tr_src, val_ds, tcfg(cfg.teacher_steps, seed), tax=src, meta={'unify': name, 'role': 'teacher'})
         teacher, r['teacher'] = scored(tdir, tm)
         pdir = out/f'pl_s{seed}'
         write_pseudo_labels(teacher, second, mapping, pdir, batch_size=8, flip=cfg.flip, scales=cfg.scales, base_size=cfg.base_size,
@@ -89,56 +96,82 @@ def unify_experiment(out_dir:str|Path, # everything goes here (resumable)
             if not f.exists(): save_json(score_pseudo_labels(pdir, second, src), f)
             r['pseudo_labels'] = load_json(f)
         base = second.ds if isinstance(second, coarsened) else second
-        rows = {'source_only': ([tr_src], [1.0])}
-        for kind in ('raw', 'unified'): rows[f'compound_{kind}'] = ([tr_src, relabelled(base, pdir/kind, src, transform=tf, cache=True)], list(cfg.weights))
-        for row, (dss, w) in rows.items():
+        for row, (dss, w, steps, tax) in _unify_rows(cfg, tr_src, second, base, pdir, src, tf).items():
             sw = compound_dataset(dss, w, seed=seed)[1].weights if len(dss) > 1 else None
-            rd = out/f'{row}_s{seed}'
-            mt = run_training(rd, fresh(seed), {'ce': (1.0, CETerm())}, ConcatDataset(dss), val_ds,
-                              tcfg(cfg.student_steps, seed), tax=src, sample_weights=sw, meta={'unify': name, 'role': row, 'weights': w})
-            r[row] = scored(rd, mt)[1]
+            mt = run_training(out/f'{row}_s{seed}', lambda: build_model(cfg.arch, src.n, cfg.width), {'ce': (1.0, CETerm())}, ConcatDataset(dss), val_ds,
+                              tcfg(steps, seed), tax=src, sample_weights=sw, meta={'unify': name, 'role': row, 'weights': w})
+            r[row] = scored(out/f'{row}_s{seed}', mt)[1]
+        if sval is not None: r['oracle'] = _oracle(out/f'oracle_s{seed}', cfg, second, sval, mapping.dst, tf, tcfg(cfg.student_steps, seed))
     res['summary'] = unify_summary(res)
-    save_json(res, out/'results.json')
     return res
 
-# %% ../../nbs/34_exp_unify.ipynb #7eabf343
-def _ms(v:list)->dict:
-    v = [x for x in v if x is not None]
-    return {'mean': float(np.mean(v)), 'std': float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 'n': len(v), 'values': v}
+# %% ../../nbs/34_exp_unify.ipynb #5fadec54
+def _oracle(run_dir:Path, cfg:UnifyConfig, second, sval, dst:Taxonomy, tf, tc:TrainConfig)->dict:
+    "A student trained on the second dataset's own labels (its taxonomy), scored on its val: what labels of its own would give."
+    base = second.ds if isinstance(second, coarsened) else second
+    tr = _with_tf(base, tf) if not isinstance(second, coarsened) else coarsened(_with_tf(base, tf), second.mapping)
+    m = run_training(run_dir, lambda: build_model(cfg.arch, dst.n, cfg.width), {'ce': (1.0, CETerm())}, tr, sval, tc, tax=dst, meta={'role': 'oracle'})
+    return {f'second_val_{md}': m for md in ('lenient', 'strict')}
 
-# %% ../../nbs/34_exp_unify.ipynb #98a6b7b1
+# %% ../../nbs/34_exp_unify.ipynb #eec57c8f
+UNIFY_ROWS = ['teacher', 'source_only', 'source_only_2x', 'compound_raw', 'compound_unified', 'compound_unified_2x']
+
 def unify_summary(res:dict # `unify_experiment` results
                  )->dict:
-    "Mean and std over seeds: mIoU of every row, paired differences to the teacher, and pseudo-label accuracy."
-    seeds = list(res['seeds'].values())
-    rows = ['teacher', 'source_only', 'compound_raw', 'compound_unified']
-    metrics = [k for k in seeds[0]['teacher'] if k == 'val' or k.startswith('second_val')]
-    s = {'miou': {m: {r: _ms([sd[r][m]['miou'] for sd in seeds]) for r in rows} for m in metrics}}
-    s['minus_teacher'] = {m: {r: _ms([sd[r][m]['miou'] - sd['teacher'][m]['miou'] for sd in seeds]) for r in rows[1:]} for m in metrics}
-    s['unified_minus_raw'] = {m: _ms([sd['compound_unified'][m]['miou'] - sd['compound_raw'][m]['miou'] for sd in seeds]) for m in metrics}
-    if 'pseudo_labels' in seeds[0]:
-        s['pseudo_labels'] = {f: {k: _ms([sd['pseudo_labels'][f][k] for sd in seeds]) for k in ('miou', 'pixel_acc', 'void_pred')} for f in ('raw', 'unified')}
+    "Per metric: mIoU by row and seed; and pseudo-label accuracy by seed."
+    seeds = res['seeds']; first = next(iter(seeds.values()))
+    metrics = [k for k in first['teacher'] if k == 'val' or k.startswith('second_val')]
+    rows = UNIFY_ROWS + (['oracle'] if 'oracle' in first else [])
+    s = {'miou': {m: {r: {str(sd): v[r][m]['miou'] for sd, v in seeds.items() if m in v.get(r, {})} for r in rows} for m in metrics}}
+    if 'pseudo_labels' in first:
+        s['pseudo_labels'] = {f: {k: {str(sd): v['pseudo_labels'][f][k] for sd, v in seeds.items()} for k in ('miou', 'pixel_acc', 'void_pred')} for f in ('raw', 'unified')}
     return s
 
-# %% ../../nbs/34_exp_unify.ipynb #0e341eae
+# %% ../../nbs/34_exp_unify.ipynb #1a1e6db5
+UNIFY_PAIRS = [('compound_unified', 'teacher'), ('compound_unified_2x', 'teacher'), ('compound_unified', 'compound_raw'),
+               ('compound_unified_2x', 'source_only'), ('compound_unified_2x', 'source_only_2x'), ('compound_unified', 'oracle')]
+
 def unify_tables(res:dict # `unify_experiment` results (or the JSON file's content)
                 )->str:
-    "Markdown tables: pseudo-label accuracy (raw vs unified) and student vs teacher (mIoU %, mean ± std over seeds)."
-    s, n = res['summary'], len(res['seeds'])
-    f = lambda d: f"{100*d['mean']:.1f} ± {100*d['std']:.1f}"
-    md = []
+    "Markdown: pseudo-label accuracy (raw vs unified, paired), and per metric the rows' mIoU with the paired comparisons."
+    s = res['summary']; md = []
     if 'pseudo_labels' in s:
-        md += [f"Pseudo-labels of the second dataset against its hidden {res['source']} labels ({n} seeds):", '',
-               '| pseudo-labels | mIoU | pixel acc | ignored |', '|---|---:|---:|---:|']
-        md += [f"| {k} | {f(v['miou'])} | {f(v['pixel_acc'])} | {f(v['void_pred'])} |" for k, v in s['pseudo_labels'].items()]
-        md += ['']
-    ms = list(s['miou'])
-    md += [f"Student vs teacher, mIoU % ({n} paired seeds; Δ = paired difference to the teacher):", '',
-           '| model | ' + ' | '.join(f'{m} | Δ {m}' for m in ms) + ' |', '|---|' + '---:|---:|' * len(ms)]
-    for r in s['miou'][ms[0]]:
-        md.append(f"| {r} | " + ' | '.join(f"{f(s['miou'][m][r])} | " + (f(s['minus_teacher'][m][r]) if r != 'teacher' else '-') for m in ms) + ' |')
-    md.append('| unified − raw (paired) | ' + ' | '.join(f"{f(s['unified_minus_raw'][m])} | " for m in ms) + ' |')
-    return '\n'.join(md)
+        pl = {f: {int(k): v for k, v in s['pseudo_labels'][f]['miou'].items()} for f in ('raw', 'unified')}
+        md += [f"Pseudo-labels of the second dataset against its hidden {res['source']} labels (mIoU):", '', paired_table(pl, 'raw', 'pseudo-label mIoU')]
+    for m, rows in s['miou'].items():
+        runs = {r: {int(k): v for k, v in by.items()} for r, by in rows.items() if by}
+        md += [f"**{m}** (mIoU; paired seeds):", '', paired_table(runs, 'teacher'), '', pairs_table(runs, UNIFY_PAIRS)]
+    return '\n\n'.join(md)
+
+# %% ../../nbs/34_exp_unify.ipynb #a0221530
+def unify_verdicts(res:dict, data:str=None)->list:
+    "'The student beats its teacher' (compound unified, and with equal source exposure) on each scored dataset, and unified vs raw."
+    out = []
+    for m, rows in res['summary']['miou'].items():
+        runs = {r: {int(k): v for k, v in by.items()} for r, by in rows.items() if by}
+        for c, r, f in ((f'the unified student beats its teacher ({m})', 'compound_unified', 'teacher'),
+                        (f'unified beats raw pseudo-labels ({m})', 'compound_unified', 'compound_raw'),
+                        (f'pseudo-labelled data helps at equal source exposure ({m})', 'compound_unified_2x', 'source_only')):
+            if r in runs and f in runs: out.append({'claim': c, 'data': data or res['name'], 'row': r, 'ref': f, **paired_stats(runs[r], runs[f])})
+    return out
+
+# %% ../../nbs/34_exp_unify.ipynb #6851e176
+EXPERIMENTS = {}  # data -> (experiment function, UnifyConfig overrides), filled below
+
+def _unify_worker(kw:dict)->dict:
+    torch.set_num_threads(1); fn, over = EXPERIMENTS[kw['data']]
+    return fn(kw['out_dir'], UnifyConfig(**{**over, **kw['over'], 'seeds': tuple(kw['seeds'])}))
+
+def run_unify_protocol(data:str='samples', # a key of `EXPERIMENTS`
+                       seeds:tuple=tuple(range(8)), workers:int=2, out=None, **over)->dict:
+    "One unification experiment with its seeds spread over `workers` processes (finished stages are read back)."
+    t0, git0, kw = time.time(), git_commit(), dict(data=data, out_dir=load_settings().path('runs_dir')/f'unify-{data}', over=over)
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex: list(ex.map(_unify_worker, [dict(kw, seeds=list(seeds[i::workers])) for i in range(workers)]))
+    res = _unify_worker(dict(kw, seeds=list(seeds))) | {'wall_s': round(time.time() - t0, 1), 'data': data, 'git': git0}
+    return load_json(save_result(res, out)) if out else res
 
 # %% ../../nbs/34_exp_unify.ipynb #1c633465
 CAMVID_COARSE_CLASSES = ['flat', 'structure', 'nature', 'sky', 'dynamic']
@@ -175,3 +208,8 @@ def unify_camvid_idd_experiment(out_dir:str|Path, cfg:UnifyConfig=None)->dict:
     cfg = cfg or UnifyConfig(size=(120, 160), base_size=(120, 160))
     return unify_experiment(out_dir, cfg, load_split('camvid', 'all', augment=False), load_split('idd', 'all', augment=False), m,
                             load_split('camvid', 'val', augment=False), load_split('idd', 'val', augment=False), name='camvid_idd')
+
+# %% ../../nbs/34_exp_unify.ipynb #366ae4dc
+EXPERIMENTS.update({'samples': (unify_samples_experiment, {}),
+                    'camvid-coarse': (unify_camvid_coarse_experiment, dict(size=(120, 160), base_size=(120, 160))),
+                    'camvid-idd': (unify_camvid_idd_experiment, dict(size=(120, 160), base_size=(120, 160)))})
