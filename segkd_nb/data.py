@@ -651,7 +651,8 @@ def collate_skip(batch:list # items, some of which may be None
 # %% ../nbs/01_data.ipynb #32bca285
 def SegTransform(size:tuple, # (H, W) output size
                  train:bool=True, # augment (scale jitter, crop, flip, colour) or just resize
-                 scale:tuple=(0.75, 1.5), # scale jitter range relative to `size`
+                 scale:tuple=(0.75, 1.5), # scale jitter range, relative to `scale_of`
+                 scale_of:tuple=None, # (H, W) the scale range refers to (default: `size`; the full image for the Cityscapes recipe)
                  flip:bool=True, # random horizontal flip
                  color:float=0.2 # brightness/contrast/saturation jitter
                 )->v2.Compose:
@@ -659,7 +660,8 @@ def SegTransform(size:tuple, # (H, W) output size
     H, W = size
     if not train: return v2.Compose([v2.Resize((H, W), antialias=True)])
     fill = {tv_tensors.Mask: IGNORE, 'others': 0}
-    ops = [v2.RandomResize(int(min(H, W)*scale[0]), int(min(H, W)*scale[1]) + 1, antialias=True),
+    ref = min(scale_of or (H, W))  # the shorter side the scale range multiplies
+    ops = [v2.RandomResize(int(ref*scale[0]), int(ref*scale[1]) + 1, antialias=True),
            v2.RandomCrop((H, W), pad_if_needed=True, fill=fill)]
     if flip: ops.append(v2.RandomHorizontalFlip())
     if color: ops.append(v2.ColorJitter(color, color, color))

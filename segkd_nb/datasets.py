@@ -337,10 +337,11 @@ def load_split(name:str, # a dataset name (a key of `ROOT_KEYS`) or a folder
                split:str='train', # train | holdout | val | all; published datasets: train | val (and their own splits)
                size:tuple=None, # (H, W) resize/crop size (None: native)
                augment:bool=None, # training augmentation (default: for train, all and train_aug)
-               cache:bool=None # keep decoded images in memory (default: yes for the small sets, no for published ones)
+               cache:bool=None, # keep decoded images in memory (default: yes for the small sets, no for published ones)
+               **aug # SegTransform's augmentation options (scale, scale_of, flip, color)
               )->SegDataset:
     "A split of a named dataset, with transforms."
     augment = split in ('train', 'all', 'train_aug') if augment is None else augment
-    tf = SegTransform(size, train=augment) if size else None
+    tf = SegTransform(size, train=augment, **aug) if size else None
     if name in PUBLISHED: return published_split(name, split, transform=tf, cache=bool(cache))
     return _folder_split(name, split, tf, True if cache is None else cache)

@@ -18,9 +18,10 @@ from .config import load_json
 from .train import predict
 
 # %% auto #0
-__all__ = ['fo_env', 'import_fiftyone', 'mongod_path', 'MongodHandle', 'start_mongod', 'stop_mongod', 'read_pred',
-           'save_mask_png', 'safe_name', 'app_ids', 'set_app_colors', 'export_segmentation', 'dataset_summary',
-           'prediction_masks', 'add_fields', 'export_pool', 'export_distilled_fiftyone', 'export_unify', 'launch_app']
+__all__ = ['REVIEW_COLOURS', 'fo_env', 'import_fiftyone', 'mongod_path', 'MongodHandle', 'start_mongod', 'stop_mongod',
+           'read_pred', 'save_mask_png', 'safe_name', 'app_ids', 'set_app_colors', 'export_segmentation',
+           'dataset_summary', 'prediction_masks', 'add_fields', 'add_review', 'export_pool',
+           'export_distilled_fiftyone', 'export_unify', 'launch_app']
 
 # %% ../nbs/20_fiftyone.ipynb #6c4d59f3
 def fo_env(db_dir:str|Path=None # MongoDB data folder (default: the `fiftyone_db_dir` setting)
@@ -351,6 +352,61 @@ def add_fields(dataset, # a FiftyOne dataset
     for f in sorted({f for v in id_to_values.values() for f in v}):
         dataset.set_values(f, {index[i]: _py(v[f]) for i, v in id_to_values.items() if f in v}, key_field='id')
     return len(id_to_values)
+
+# %% ../nbs/20_fiftyone.ipynb #465c46bb
+REVIEW_COLOURS = ['#ff3b30', '#0a84ff', '#ffd60a', '#bf5af2', '#30d158', '#ff9f0a']  # one per model's errors
+
+def _class_line(m:dict)->str:
+    "'mIoU 63.5; road 95.1, ...' of a metrics summary."
+    return f"mIoU {100*m['miou']:.1f}; " + ', '.join(f"{c} {100*v:.1f}" for c, v in m['per_class_iou'].items() if v is not None)
+
+# %% ../nbs/20_fiftyone.ipynb #58d2ff24
+def add_review(dataset, # from `export_segmentation` (with ground truth and predictions)
+               out_dir:str|Path=None # where the error masks are written (default: beside the exported masks)
+              ):
+    "Error fields, App defaults (ground truth and errors ticked, one colour per model) and saved review views with their metrics."
+    fo = import_fiftyone(); import fiftyone.core.storage as fos
+    info, off = dataset.info or {}, (dataset.info or {}).get('mask_id_offset', 0)
+    preds = [f for f in (dataset.mask_targets or {}) if f not in ('gt',) and not f.startswith('errors_')]
+    out_dir = Path(out_dir) if out_dir else load_settings().path('runs_dir')/'fiftyone'/dataset.name
+    for f in preds: _error_field(fo, fos, dataset, f, out_dir/f'errors_{f}', off)
+    cs = dataset.app_config.color_scheme; keep = [x for x in ((cs.fields or []) if cs else []) if not str(x.get('path', '')).startswith('errors_')]
+    targets = sorted(next(iter(dataset.mask_targets.values())))
+    errs = [{'path': f'errors_{f}', 'maskTargetsColors': [{'intTarget': t, 'color': REVIEW_COLOURS[i % len(REVIEW_COLOURS)]} for t in targets]} for i, f in enumerate(preds)]
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by='value', fields=keep + errs, opacity=0.6)
+    dataset.app_config.active_fields = fo.ActiveFields(paths=['gt'] + [f'errors_{f}' for f in preds])
+    dataset.save()
+    for f in preds: _review_views(dataset, f, info.get('metrics', {}).get(f))
+    for a, b in zip(preds, preds[1:]): _disagree_view(dataset, a, b, out_dir)
+    return dataset
+
+# %% ../nbs/20_fiftyone.ipynb #76e7509d
+def _error_field(fo, fos, dataset, f:str, folder:Path, off:int):
+    "errors_<f>: the predicted class where it differs from the labelled ground truth, 0 elsewhere (not drawn)."
+    if f'errors_{f}' not in dataset.get_field_schema(): dataset.add_sample_field(f'errors_{f}', fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+    vals = {}
+    for fp, sid, g, p in zip(*dataset.values(['filepath', 'sid', 'gt.mask_path', f'{f}.mask_path'])):
+        if g is None or p is None: continue
+        gt, pr = np.array(Image.open(g)), np.array(Image.open(p))  # stored values: class + offset, 0 = ignore (offset 1)
+        err = np.where((gt != (0 if off else 255)) & (gt != pr), pr, 0).astype(np.uint8)
+        vals[fp] = fo.Segmentation(mask_path=fos.normalize_path(str(save_mask_png(err, folder/f'{safe_name(sid)}.png'))))
+    dataset.set_values(f'errors_{f}', vals, key_field='filepath')
+    dataset.mask_targets = {**dataset.mask_targets, f'errors_{f}': dataset.mask_targets[f]}
+
+# %% ../nbs/20_fiftyone.ipynb #3d83513d
+def _review_views(dataset, f:str, m:dict):
+    "worst-<f>: the images by the model's own mIoU, worst first; its measured metrics in the description."
+    if f'iou_{f}' not in dataset.get_field_schema(): return
+    view = dataset.exists(f'iou_{f}').sort_by(f'iou_{f}')
+    dataset.save_view(f'worst-{f}', view, description=(f"{f}, worst images first. " + (_class_line(m) if m else '')), overwrite=True)
+
+def _disagree_view(dataset, a:str, b:str, out_dir:Path):
+    "disagree-<a>-<b>: the fraction of pixels where two models disagree, most first."
+    fo = import_fiftyone(); name = f'disagree_{a}_{b}'
+    if name not in dataset.get_field_schema(): dataset.add_sample_field(name, fo.FloatField)
+    vals = {fp: float((np.array(Image.open(pa)) != np.array(Image.open(pb))).mean()) for fp, pa, pb in zip(*dataset.values(['filepath', f'{a}.mask_path', f'{b}.mask_path'])) if pa and pb}
+    dataset.set_values(name, vals, key_field='filepath')
+    dataset.save_view(f'disagree-{a}-{b}', dataset.exists(name).sort_by(name, reverse=True), description=f"images where {a} and {b} disagree most ({name}: the fraction of pixels)", overwrite=True)
 
 # %% ../nbs/20_fiftyone.ipynb #1709395d
 def _layer_field(i:int, name:str)->str: return f"ads_l{i:02d}_" + re.sub(r'\W', '_', name)

@@ -486,12 +486,15 @@ def gssm_slider(snap:dict, # from `gskd_snapshots` (or results/gskd_demo.json)
     sl = W.SelectionSlider(options=snap['runs'][dd.value]['steps'], description='step', continuous_update=False)
     out = W.Output()
     def draw(*_):
-        r = snap['runs'][dd.value]; i = r['steps'].index(sl.value)
+        r = snap['runs'][dd.value]
+        if sl.value not in r['steps']: return  # mid-update: the slider's options are being replaced
+        i = r['steps'].index(sl.value)
         with out:
             out.clear_output(wait=True)
-            axes = show_gssm(G_t, torch.tensor(r['G'][i]), cls, titles=('teacher', f'{dd.value}, step {sl.value}', f"difference (gap {r['gap'][i]:.3f})"))
+            show_gssm(G_t, torch.tensor(r['G'][i]), cls, titles=('teacher', f'{dd.value}, step {sl.value}', f"difference (gap {r['gap'][i]:.3f})"))
             plt.show()
-    def on_run(*_):
-        sl.options = snap['runs'][dd.value]['steps']; draw()
+    def on_run(*_):  # a run's steps differ (the head's start at its first checkpoint): replace them, then draw once
+        sl.unobserve(draw, 'value'); sl.options = snap['runs'][dd.value]['steps']; sl.value = sl.options[0]; sl.observe(draw, 'value'); draw()
     dd.observe(on_run, 'value'); sl.observe(draw, 'value'); draw()
-    return W.VBox([W.HBox([dd, sl]), out])
+    box = W.VBox([W.HBox([dd, sl]), out]); box.draw = draw
+    return box

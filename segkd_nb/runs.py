@@ -21,9 +21,9 @@ from .kd import build_terms, parse_loss
 from . import baselines, gskd, dfss  # their loss terms join the registry
 
 # %% auto #0
-__all__ = ['PRESETS', 'Preset', 'get_preset', 'run_lock', 'run_key', 'run_done', 'run_training', 'run_rows', 'teacher_config',
-           'teacher_dir', 'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir', 'parse_row', 'ablate',
-           'ablate_parallel', 'ablation_runs', 'ablation_report']
+__all__ = ['PRESETS', 'Preset', 'get_preset', 'preset_split', 'preset_cfg', 'run_lock', 'run_key', 'run_done', 'run_training',
+           'run_rows', 'teacher_config', 'teacher_dir', 'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir',
+           'parse_row', 'ablate', 'ablate_parallel', 'ablation_runs', 'ablation_report']
 
 # %% ../nbs/30_runs.ipynb #75be7b51
 @dataclass
@@ -43,18 +43,44 @@ class Preset:
     kd_tau: float = 1.0
     teacher_batch_size: int = None  # default: batch_size
     teacher_lr: float = None  # default: lr
+    optimizer: str = 'adamw'  # adamw | sgd (momentum 0.9)
+    weight_decay: float = 1e-4
+    scale: tuple = (0.75, 1.5)  # training scale jitter
+    scale_of: tuple = None  # (H, W) the jitter refers to (None: `size`; the full image in the Cityscapes recipe)
+    eval: str = 'resized'  # 'resized': labels at `size` (the CPU presets) | 'native': labels at their own resolution, the model at `eval_size`
+    eval_size: tuple = None  # (H, W) the model reads in native evaluation (None: the image's own size)
+    reference: dict = None  # published figures for this recipe (mIoU %), marked as not run here
 
 # %% ../nbs/30_runs.ipynb #1b7717a8
 PRESETS = {
     'samples': Preset(teacher_width=32, teacher_steps=3000, student_steps=500),
-    'camvid-cpu': Preset(data='camvid', size=(120, 160), teacher_arch='tiny', teacher_width=32, teacher_steps=6000,
+    'camvid-cpu': Preset(data='camvid', size=(120, 160), teacher_arch='tiny', teacher_width=48, teacher_steps=4000,
                          student_arch='tiny_s', student_width=12, student_steps=400, batch_size=8, lr=3e-3),
+    # the CIRKD benchmark recipe (Yang et al. 2022, https://github.com/winycg/CIRKD): GPUs only; figures published on Cityscapes val
+    'cityscapes-r101-r18': Preset(data='cityscapes', size=(512, 1024), teacher_arch='deeplabv3_r101', teacher_width=None, student_arch='deeplabv3_r18',
+                                  student_width=None, teacher_steps=40000, student_steps=40000, batch_size=8, lr=0.01, optimizer='sgd', weight_decay=1e-4,
+                                  scale=(0.5, 2.0), scale_of=(1024, 2048), eval='native', eval_size=(1024, 2048),
+                                  reference={'source': 'CIRKD repository (DeepLabV3-R101 -> DeepLabV3-R18, Cityscapes val, single-scale)',
+                                             'teacher': 78.07, 'student': 74.21, 'cwd': 75.55, 'cirkd': 76.38, 'mgd': 76.31, 'dist': 77.10}),
 }
 
 def get_preset(name:str, **over)->Preset:
     "A preset by name, with fields overridden (None values ignored)."
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **{k: v for k, v in over.items() if v is not None})
+
+# %% ../nbs/30_runs.ipynb #38f634fd
+def preset_split(p:Preset, # the preset
+                 split:str='train' # train | holdout | val | all
+                )->SegDataset:
+    "A preset's split: augmented for training, resized or native for evaluation."
+    if split in ('val', 'holdout') and p.eval == 'native': return load_split(p.data, split, None, augment=False)
+    return load_split(p.data, split, p.size, scale=p.scale, scale_of=p.scale_of) if split not in ('val', 'holdout') else load_split(p.data, split, p.size)
+
+def preset_cfg(p:Preset, steps:int, seed:int, teacher:bool=False, **kw)->TrainConfig:
+    "The TrainConfig of a preset's student (or teacher) runs."
+    bs, lr = (p.teacher_batch_size or p.batch_size, p.teacher_lr or p.lr) if teacher else (p.batch_size, p.lr)
+    return TrainConfig(steps=steps, batch_size=bs, lr=lr, seed=seed, optimizer=p.optimizer, weight_decay=p.weight_decay, **kw)
 
 # %% ../nbs/30_runs.ipynb #87569fe4
 @contextlib.contextmanager
@@ -103,7 +129,9 @@ def run_training(run_dir:str|Path, # the run's folder
                  teacher:SegNet=None, # for KD terms
                  tax:Taxonomy=None, # class names and palette
                  meta:dict=None, # more config to record (data, preset, teacher path...)
-                 sample_weights=None # per-item sampling weights
+                 sample_weights=None, # per-item sampling weights
+                 eval_kw:dict=None, # options of `evaluate` (e.g. size=(1024, 2048) for native-resolution evaluation)
+                 callbacks:list=() # trainer callbacks (e.g. `ValCurve`)
                 )->dict:
     "Train, evaluate and write a run folder; skip when already done."
     run_dir, cfg = Path(run_dir), cfg or TrainConfig()
@@ -114,11 +142,11 @@ def run_training(run_dir:str|Path, # the run's folder
         key = run_key(model, terms, cfg, meta)
         done = run_done(run_dir, key)
         if done is not None: print(f"{run_dir}: done (mIoU {100*done['miou']:.1f}), skipped"); return done
-        tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})})
+        tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})}, callbacks=callbacks)
         tr.check_resume(run_dir/'last.pt')  # refuses a different run before anything is written
         if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git_commit(), **key}, run_dir/'config.json')
         t0 = time.time(); hist = tr.fit(train_ds, sample_weights=sample_weights); wall = time.time() - t0
-        metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers) if val_ds is not None else {}
+        metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers, **(eval_kw or {})) if val_ds is not None else {}
         metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': run_dir.name, 'git': git_commit()}
         if is_main(): _report(run_dir, hist, metrics); save_json(metrics, run_dir/'metrics.json')
         return metrics
@@ -186,9 +214,9 @@ def cached_teacher(p:Preset, # the preset
     rd, tax = teacher_dir(p, seed, cache_dir), data_taxonomy(p.data)
     if not (rd/'metrics.json').exists():
         if not train: raise FileNotFoundError(f"no cached teacher at {rd}; run `segkd train --preset ...` first")
-        cfg = TrainConfig(steps=p.teacher_steps, batch_size=p.teacher_batch_size or p.batch_size, lr=p.teacher_lr or p.lr, seed=seed, ckpt_every=200)
+        cfg = preset_cfg(p, p.teacher_steps, seed, teacher=True, ckpt_every=200)
         run_training(rd, lambda: build_model(p.teacher_arch, tax.n, width=p.teacher_width), lambda m: build_terms('', ce=1.0),
-                     load_split(p.data, p.teacher_split, p.size), load_split(p.data, 'val', p.size), cfg, tax=tax,
+                     preset_split(p, p.teacher_split), preset_split(p, 'val'), cfg, tax=tax,
                      meta={'role': 'teacher', 'teacher_config': teacher_config(p, seed)})
     t, _ = load_checkpoint(rd/'last.pt', num_classes=tax.n)
     return t.eval(), rd
@@ -248,11 +276,11 @@ def ablate(rows:list, # 'NAME=LOSS' strings (LOSS a loss spec; '' = the student 
     "Run every row with every seed (staged, rows of a seed in lockstep) and summarise."
     p = get_preset(preset, student_steps=steps); tax = data_taxonomy(p.data)
     teacher, t_dir = cached_teacher(p)
-    train_ds, eval_ds = load_split(p.data, train_split, p.size), load_split(p.data, eval_split, p.size)
+    train_ds, eval_ds = preset_split(p, train_split), preset_split(p, eval_split)
     parsed = [parse_row(r) for r in rows]; runs = {n: {} for n, _ in parsed}
     base, t0 = Path(load_settings().path('runs_dir'))/name, time.time()
     for seed in seeds:
-        cfg = TrainConfig(steps=p.student_steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
+        cfg = preset_cfg(p, p.student_steps, seed, ckpt_every=100, progress=False)
         spec_rows = {n: dict(run_dir=base/f"{n}-s{seed}", model=lambda: build_model(p.student_arch, tax.n, width=p.student_width),
                              terms=lambda st, spec=spec: build_terms(spec, st, teacher, ce=ce), teacher=teacher if spec.strip() else None,
                              meta={'data': p.data, 'size': list(p.size), 'row': n, 'spec': spec, 'eval_split': eval_split, 'train_split': train_split, 'teacher': t_dir.name})

@@ -19,7 +19,7 @@ from .models import SegNet, save_checkpoint, read_checkpoint, set_rng_state
 
 # %% auto #0
 __all__ = ['LossTerm', 'batch_class_weights', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'SeededItems', 'init_distributed',
-           'is_main', 'sync_module', 'Trainer', 'predict', 'evaluate', 'fit_lockstep', 'show_history']
+           'is_main', 'sync_module', 'Trainer', 'predict', 'evaluate', 'ValCurve', 'fit_lockstep', 'show_history']
 
 # %% ../nbs/04_train.ipynb #5d88ae46
 class LossTerm(nn.Module):
@@ -452,6 +452,18 @@ def _collate_eval(items:list)->list:
     groups = {}
     for it in items: groups.setdefault((tuple(it['image'].shape), tuple(it['mask'].shape)), []).append(it)
     return [{'image': torch.stack([i['image'] for i in g]), 'mask': torch.stack([i['mask'] for i in g])} for g in groups.values()]
+
+# %% ../nbs/04_train.ipynb #e0158a02
+class ValCurve:
+    "Trainer callback: mIoU on `ds` every `every` steps (and at the end), stored in the history as `val_miou`."
+    def __init__(self, ds, # a labelled dataset (keep it small: it is scored many times)
+                 every:int=50 # steps between scores
+                ): self.ds, self.every = ds, every
+    def on_step(self, tr, step:int, logs:dict):
+        if step % self.every and step != tr.cfg.steps: return
+        m = evaluate(tr.model, self.ds, device=tr.device, precision=tr.cfg.precision)['miou']
+        if tr.history and tr.history[-1]['step'] == step: tr.history[-1]['val_miou'] = m
+        else: tr.history.append({'step': step, 'val_miou': m})
 
 # %% ../nbs/04_train.ipynb #b8bb6e0f
 def fit_lockstep(trainers:list, # Trainers with one seed, step count, batch size and starting step

@@ -39,3 +39,12 @@ def test_d3s2_cost_runs_small(tmp_path):
 def test_d3s2_grid_names_the_missing_sets(tmp_path):
     r = run('d3s2_grid.py', '--preset', 'samples', '--exp-dir', str(tmp_path/'none'), '--out', str(tmp_path/'g.png'))
     assert r.returncode != 0 and 'not found: run bench/d3s2_experiment.py' in r.stderr and not (tmp_path/'g.png').exists(), r.stderr[-2000:]
+
+def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
+    "bench/gpu_check.py at its CPU smoke size: every row measured, the ratios defined."
+    sys.path.insert(0, str(ROOT/'bench'))
+    from gpu_check import main
+    res = main(['--tiny', '--out', str(tmp_path/'g.json')])
+    assert set(res['rows']) == {'student', 'kd', 'cwd'} and all(r['images_per_s'] > 0 for r in res['rows'].values())
+    assert all(v > 0 for v in res['kd_step_over_student_plus_teacher'].values())
+    assert (tmp_path/'g.json').exists()

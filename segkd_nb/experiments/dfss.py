@@ -108,7 +108,9 @@ def _dfss_worker(kw:dict)->None:
 # %% ../../nbs/32_exp_dfss.ipynb #93ac98c0
 def run_dfss_protocol(preset:str='samples', seeds:tuple=tuple(range(8)), ks:tuple=DFSS_KS, steps:int=None, workers:int=2, out=None)->dict:
     "The DFSS table of a preset, its seeds spread over `workers` processes; with AUROC of the distance per pool source."
-    p, t0, git0 = get_preset(preset), time.time(), git_commit(); teacher, t_dir = cached_teacher(p)
+    p, t0, git0 = get_preset(preset), time.time(), git_commit()
+    dfss_pool(preset)  # the real data is there, before a teacher is trained
+    teacher, t_dir = cached_teacher(p)
     kw = dict(preset=preset, ks=ks, steps=steps or p.student_steps, run_dir=load_settings().path('runs_dir')/f'dfss-{preset}')
     if workers > 1:
         import multiprocessing as mp

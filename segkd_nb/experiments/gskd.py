@@ -86,7 +86,7 @@ def gskd_report(res:dict, # a `run_gskd_protocol` result
     return '\n\n'.join([f"**{title}** `{res['command']}` (commit `{res['git']}`, {res['wall_s']/60:.0f} min in all)" if title else '',
         f"KD temperature sweep on {res['sweeps']['tau']['eval_split']} ({len(res['sweeps']['tau']['seeds'])} paired seeds): chosen T = {res['kd_tau']:g}\n\n" + sw(res['sweeps']['tau']),
         f"GSKD weight sweep on KD (T = {res['kd_tau']:g}): chosen W = {res['gskd_w']:g}\n\n" + sw(res['sweeps']['w']),
-        f"The table (teacher {100*res['table']['teacher']['miou']:.1f} mIoU, {teacher_gap(res):.1f} points above the student alone): " + ablation_report(res['table'], GSKD_PAIRS)])
+        f"The table (teacher {100*res['table']['teacher']['miou']:.1f} mIoU, {teacher_gap(res):.1f} points above the student alone): " + ablation_report({**res['table'], 'command': res['command'], 'git': res['git']}, GSKD_PAIRS)])
 
 # %% ../../nbs/31_exp_gskd.ipynb #7a7d2aee
 def gskd_demo(preset:str='samples', steps:int=300, keep_every:int=75, w:float=10.0, n_per_class:int=8, points:int=5, image_index:int=12, out=None)->dict:
