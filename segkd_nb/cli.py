@@ -363,8 +363,9 @@ def cmd_doctor(a):
 def cmd_demo(a):
     "`segkd demo`: the main job on the embedded default."
     from segkd_nb.experiments.demo import run_demo
-    s = run_demo(a.out, preset=a.preset, seed=a.seed, scale=a.scale, fiftyone=not a.no_fiftyone, results=a.results)
-    print(f"demo done in {s['wall_s']/60:.1f} min: teacher {100*s['teacher']['miou']:.1f}, KD student {100*s['student_kd']['miou']:.1f}, "
+    _check_loss(a.loss)
+    s = run_demo(a.out, preset=a.preset, seed=a.seed, scale=a.scale, fiftyone=not a.no_fiftyone, results=a.results, loss=a.loss)
+    print(f"demo done in {s['wall_s']/60:.1f} min: teacher {100*s['teacher']['miou']:.1f}, distilled student ({a.loss}) {100*s['student_kd']['miou']:.1f}, "
           f"student alone {100*s['student']['miou']:.1f} mIoU")
     print(f"report: {Path(a.out or load_settings().path('runs_dir')/'demo')/'report.md'}")
 
@@ -380,7 +381,7 @@ def register_tools(sub):
     p = sub.add_parser('demo', help='the main job: teacher, KD student and plain student on the embedded default')
     p.add_argument('--preset', default='samples', choices=PRESET_NAMES); p.add_argument('--seed', type=_nonneg_int, default=0)
     p.add_argument('--scale', type=_pos_float, default=1.0, help='multiply the step counts (0.05 for a smoke run)')
-    p.add_argument('--out'); p.add_argument('--no-fiftyone', action='store_true'); p.add_argument('--results', help='also write the summary JSON here')
+    p.add_argument('--out'); p.add_argument('--no-fiftyone', action='store_true'); p.add_argument('--loss', default='dist', help='the distillation loss (a loss spec; default: DIST, the strongest baseline of the paired table)'); p.add_argument('--results', help='also write the summary JSON here')
     p.set_defaults(func=cmd_demo)
 
 # %% ../nbs/40_cli.ipynb #f440c959

@@ -182,12 +182,12 @@ def atomic_torch_save(obj, path:str|Path)->Path:
 # %% ../nbs/00_config.ipynb #aa897caa
 def git_commit(root:str|Path|None=None # a folder inside the repository
               )->str:
-    "The current git commit (with `+dirty` when the tree has changes), or 'unknown'."
+    "The current git commit (with `+dirty` when tracked code has changes; outputs under `results/` do not count), or 'unknown'."
     try:
         kw = dict(cwd=root or Path.cwd(), capture_output=True, text=True, timeout=10)
         c = subprocess.run(['git','rev-parse','--short=12','HEAD'], **kw).stdout.strip()
         if not c: return 'unknown'
-        dirty = subprocess.run(['git','status','--porcelain','--untracked-files=no'], **kw).stdout.strip()
+        dirty = subprocess.run(['git','status','--porcelain','--untracked-files=no','--','.',':!results'], **kw).stdout.strip()
         return c + ('+dirty' if dirty else '')
     except Exception: return 'unknown'
 

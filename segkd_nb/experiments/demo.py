@@ -56,24 +56,25 @@ def show_curves(hists:dict, # run name -> its history (training losses per term,
     return axs
 
 # %% ../../nbs/35_demo.ipynb #08b04c8c
-def _students(p, teacher, t_dir, out:Path, seed:int, val_every:int)->dict:
+def _students(p, teacher, t_dir, out:Path, seed:int, val_every:int, loss:str)->dict:
     "The KD student and the student alone, paired, with validation curves."
     tax = data_taxonomy(p.data); train_ds, val_ds = preset_split(p, 'train'), preset_split(p, 'val')
     curve = lambda: ValCurve(val_ds.subset(range(min(100, len(val_ds)))), val_every)
     res = {}
-    for name, spec in (('student_kd', f'kd:tau={p.kd_tau:g}'), ('student', '')):
+    for name, spec in (('student_kd', loss), ('student', '')):
         res[name] = run_training(out/name, lambda: build_model(p.student_arch, tax.n, width=p.student_width), lambda st, spec=spec: build_terms(spec, st, teacher, ce=1.0),
                                  train_ds, val_ds, preset_cfg(p, p.student_steps, seed, ckpt_every=100), teacher=teacher if spec else None, tax=tax,
                                  meta={'data': p.data, 'size': list(p.size), 'teacher': t_dir.name if spec else None}, callbacks=[curve()])
     return res
 
 # %% ../../nbs/35_demo.ipynb #cb75a1d1
-def _protocol_line(preset:str)->str:
-    "What the paired-seed protocol measured for KD against the student alone (or that it has not been run)."
+def _protocol_line(preset:str, row:str)->str:
+    "What the paired-seed protocol measured for this distillation loss against the student alone (or that it has not been run)."
     r = load_result('gskd_samples' if preset == 'samples' else 'gskd_camvid')
-    if not r: return "One seed cannot separate a gain from noise; the paired-seed table (`python bench/gskd_experiment.py`) has not been run here."
-    s = paired_stats(*(ablation_runs(r['table'])[k] for k in ('kd', 'student')))
-    return (f"One seed cannot separate a gain from noise. Over {s['n']} paired seeds (`{r['command']}`), KD minus the student alone is "
+    runs = ablation_runs(r['table']) if r else {}
+    if row not in runs: return f"One seed cannot separate a gain from noise; the paired-seed table (`python bench/gskd_experiment.py`) has no `{row}` row here."
+    s = paired_stats(runs[row], runs['student'])
+    return (f"One seed cannot separate a gain from noise. Over {s['n']} paired seeds (`{r['command']}`), `{row}` minus the student alone is "
             f"{100*s['mean']:+.1f} mIoU, 95% CI [{100*s['ci'][0]:+.1f}, {100*s['ci'][1]:+.1f}], p = {s['p']:.3f}: **{s['verdict']}**.")
 
 # %% ../../nbs/35_demo.ipynb #1e0e2b41
@@ -83,7 +84,8 @@ def run_demo(out:str|Path=None, # run folder (default: runs_dir/demo)
              scale:float=1.0, # multiply the step counts (for quick checks)
              fiftyone:bool=True, # export to FiftyOne at the end
              results:str|Path=None, # also write the summary here (results/demo.json)
-             val_every:int=50 # validation mIoU every so many steps
+             val_every:int=50, # validation mIoU every so many steps
+             loss:str='dist' # the distillation loss (a loss spec): DIST, the strongest baseline of the paired-seed table
             )->dict:
     "Teacher, KD student and student alone on one preset; writes report.md, the figures and a FiftyOne dataset."
     p = get_preset(preset)
@@ -91,7 +93,7 @@ def run_demo(out:str|Path=None, # run folder (default: runs_dir/demo)
     out, t0, git0 = Path(out or load_settings().path('runs_dir')/'demo'), time.time(), git_commit()
     out.mkdir(parents=True, exist_ok=True)
     teacher, t_dir = cached_teacher(p); t_wall = time.time() - t0
-    res = {'teacher': load_json(t_dir/'metrics.json')} | _students(p, teacher, t_dir, out, seed, max(1, int(val_every * scale)))
+    res = {'teacher': load_json(t_dir/'metrics.json')} | _students(p, teacher, t_dir, out, seed, max(1, int(val_every * scale)), loss)
     models = {'teacher': teacher, **{n: load_checkpoint(out/n/'last.pt')[0].eval() for n in ('student_kd', 'student')}}
     val_ds = preset_split(p, 'val')
     fig = show_predictions(models, val_ds, idx=[0, 7, 21], tax=val_ds.tax); fig.savefig(out/'predictions.png', dpi=70); plt.close(fig)
@@ -99,9 +101,9 @@ def run_demo(out:str|Path=None, # run folder (default: runs_dir/demo)
     fig.tight_layout(); fig.savefig(out/'losses.png', dpi=80); plt.close(fig)
     fo_line = _demo_fiftyone(preset, models, val_ds, out) if fiftyone else ''
     wall = time.time() - t0
-    summary = {'wall_s': round(wall, 1), 'teacher_wall_s': round(t_wall, 1), 'preset': asdict(p), 'git': git0,
+    summary = {'loss': loss, 'wall_s': round(wall, 1), 'teacher_wall_s': round(t_wall, 1), 'preset': asdict(p), 'git': git0,
                **{n: {k: r[k] for k in ('miou', 'per_class_iou', 'pixel_acc', 'wall_s') if k in r} for n, r in res.items()}}
-    (out/'report.md').write_text(_report(preset, p, models, res, wall, fo_line, git0))
+    (out/'report.md').write_text(_report(preset, p, models, res, wall, fo_line, git0, loss))
     save_json(summary, out/'summary.json')
     if not results: return summary
     r = result_path(results)
@@ -120,10 +122,10 @@ def _demo_fiftyone(preset:str, models:dict, val_ds, out:Path)->str:
         print(f"FiftyOne export failed: {e}", file=sys.stderr); return f"FiftyOne export failed: {e.__class__.__name__}: {e}"
 
 # %% ../../nbs/35_demo.ipynb #533d33e5
-def _report(preset, p, models, res, wall, fo_line, git0)->str:
+def _report(preset, p, models, res, wall, fo_line, git0, loss)->str:
     n = lambda m: sum(x.numel() for x in m.parameters()) / 1e6
     gap = 100 * (res['teacher']['miou'] - res['student']['miou'])
     return '\n'.join([f"# segkd demo ({preset})", '', f"`{command_line()}` at commit {git0}; {wall/60:.1f} min on {get_device()}.", '',
         f"Teacher `{p.teacher_arch}` ({n(models['teacher']):.2f} M parameters, {p.teacher_steps} steps, {gap:.1f} mIoU points above the student alone); students "
-        f"`{p.student_arch}` ({n(models['student']):.2f} M parameters, {p.student_steps} steps, the same initial weights, data order and augmentation), on val at {p.size[0]}x{p.size[1]}.", '',
-        per_class_table(res), '', _protocol_line(preset), '', '![predictions](predictions.png)', '', '![losses](losses.png)', '', fo_line, ''])
+        f"`{p.student_arch}` ({n(models['student']):.2f} M parameters, {p.student_steps} steps, the same initial weights, data order and augmentation): `student_kd` distilled with `{loss}` (and cross-entropy), `student` with cross-entropy alone; on val at {p.size[0]}x{p.size[1]}.", '',
+        per_class_table(res), '', _protocol_line(preset, '+'.join(t.split(':')[0] for t in loss.split('+'))), '', '![predictions](predictions.png)', '', '![losses](losses.png)', '', fo_line, ''])
