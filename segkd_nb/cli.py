@@ -409,7 +409,8 @@ def _ads_rows(info:dict, selected:bool)->list:
 def cmd_ads(a):
     "`segkd ads score|select`: every pool image's ADS distance (and the selection, its rank and the WDPD base weight)."
     from segkd_nb.dfss import data_free_data
-    teacher = _load_model(a, 'teacher').to(get_device(a.device))
+    from segkd_nb.datasets import data_taxonomy
+    teacher = _load_model(a, 'teacher', data_taxonomy(a.data) if a.data else None).to(get_device(a.device))
     sel = a.ads_cmd == 'select'
     _, info = data_free_data(teacher, a.pool, a.select if sel else 'all', a.k if sel else None, a.size, seed=a.seed, mode=a.mode,
                              layers=a.layers, norm=a.norm, batch_size=a.batch_size, cache=False)
@@ -425,7 +426,7 @@ def register_ads(sub):
     sp = p.add_subparsers(dest='ads_cmd', required=True, metavar='ACTION')
     for name, hlp in (('score', 'distance of every pool image'), ('select', 'distances and the selection')):
         q = sp.add_parser(name, help=hlp)
-        _model_opts(q, 'teacher', required=True)
+        _model_opts(q, 'teacher', required=True); q.add_argument('--data', help="the teacher's dataset: its classes, for plain weights with --teacher-arch")
         q.add_argument('--pool', required=True, nargs='+', help='pool folder(s) of unlabelled images')
         q.add_argument('--out', help=f'output .csv or .json (default: ads_{name}.csv)'); q.add_argument('--size', type=_size, default=(96, 128), help='input HxW')
         q.add_argument('--mode', choices=('image', 'set'), default='image', help='per-image distances or greedy pooled statistics')

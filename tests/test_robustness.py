@@ -166,3 +166,11 @@ def test_segkd_app_stays_up_until_interrupted(fo_db, tmp_path):
         p.send_signal(signal.SIGINT)
         try: p.wait(timeout=30)
         except subprocess.TimeoutExpired: p.kill(); p.wait()
+
+def test_full_disk_gets_one_clear_line(tmp_path, capsys, monkeypatch):
+    "A full disk while writing: one line naming the file and what to do (simulated: root can write anywhere, and disks here are not full)."
+    import errno, segkd_nb.synth as synth
+    def full(*a, **kw): raise OSError(errno.ENOSPC, 'No space left on device', str(tmp_path/'x'/'train_0000.png'))
+    monkeypatch.setattr(synth, 'generate_samples', full)
+    code, err = run_cli(['data', 'generate', '--out', tmp_path/'x'], capsys)
+    assert code == 2 and 'no space left on the device writing' in err and 'train_0000.png' in err and 'Traceback' not in err
