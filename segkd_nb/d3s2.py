@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from .data import IGNORE, DataError, Taxonomy, show_mask, show_image
 from .config import safe_load, torch_generator, save_json, load_json, atomic_path, config_hash, git_commit
+from tqdm.auto import tqdm
+from .l2i import L2I, load_l2i, sample_l2i
 
 # %% auto #0
 __all__ = ['SELECTIONS', 'class_histograms', 'class_presence', 'longtail_presence', 'show_class_balance', 'resolve_budget',
@@ -457,7 +459,71 @@ def _write_png(arr:np.ndarray, path:Path):
 def _to_uint8(img:torch.Tensor)->np.ndarray:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
-# %% ../nbs/13_d3s2.ipynb #01546eee
+# %% ../nbs/13_d3s2.ipynb #ccbaae0d
+def _synth_model(l2i, tax:Taxonomy)->tuple:
+    "The layout-to-image model (loaded from a checkpoint when given a path) and what the provenance records of it."
+    if l2i is None: raise ValueError("synth='l2i' needs a trained model: pass l2i= an L2I or its checkpoint (train one with `segkd l2i train`)")
+    model = l2i if isinstance(l2i, nn.Module) else load_l2i(l2i)
+    if model.cfg.num_classes != tax.n: raise ValueError(f"the l2i model knows {model.cfg.num_classes} classes, the dataset {tax.n}")
+    return model, {'path': None if isinstance(l2i, nn.Module) else str(l2i), 'step': getattr(model, 'step', None), 'config': asdict(model.cfg)}
+
+def _guidance_for(guidance, segmenter, moments, out:Path, masks, image, tax:Taxonomy):
+    "A `Guidance` (None when off); the real class moments are computed once and cached in `out/moments.pt`."
+    if guidance is None or not guidance.enabled: return None
+    if segmenter is None: raise ValueError("guided sampling needs a frozen segmenter (segmenter=)")
+    if guidance.lam_feat and moments is None:
+        mp = out/'moments.pt'
+        if mp.exists(): moments = safe_load(mp, 'feature moments')
+        else:
+            moments = class_feature_moments(segmenter, [{'image': image(i), 'mask': masks[i]} for i in range(len(masks))], guidance.layers, tax.n)
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(mp) as t: torch.save(moments, t)
+    return Guidance(segmenter, guidance, moments, n=tax.n)
+
+# %% ../nbs/13_d3s2.ipynb #fcab00e8
+def _plan(out:Path, settings:dict, ids:list, idx:list, seed:int)->tuple:
+    "`(hash, items)`: one item per selected mask with its name and seed; a folder made with other settings is refused."
+    h = config_hash(settings)
+    plan = [{'name': f'{j:05d}_{_safe(ids[i])}', 'source_index': i, 'source_id': ids[i], 'seed': seed * 1_000_003 + j} for j, i in enumerate(idx)]
+    if (out/'plan.json').exists():
+        old = load_json(out/'plan.json')
+        if old['hash'] != h:
+            diff = sorted(k for k in set(old['settings']) | set(settings) if old['settings'].get(k) != json.loads(json.dumps(settings, default=str)).get(k))
+            raise ValueError(f"{out} holds a distilled set made with other settings (differing: {diff}); use another out_dir")
+    else: save_json({'hash': h, 'settings': settings, 'items': plan}, out/'plan.json')
+    return h, plan
+
+# %% ../nbs/13_d3s2.ipynb #4747071e
+def _write_items(out:Path, todo:list, n_all:int, masks, image, model, G, steps:int, batch_size:int, progress:bool, on_item):
+    "Synthesize (or copy) and write the images and labels of the items still to do, in batches of one mask size."
+    bar, j = tqdm(total=n_all, initial=n_all - len(todo), disable=not progress, desc='d3s2', mininterval=2), 0
+    while j < len(todo):
+        shape, batch = masks[todo[j]['source_index']].shape, [todo[j]]  # a batch holds masks of one size
+        while j + len(batch) < len(todo) and len(batch) < batch_size and masks[todo[j + len(batch)]['source_index']].shape == shape: batch.append(todo[j + len(batch)])
+        j += len(batch)
+        mb = torch.stack([masks[it['source_index']] for it in batch])  # [B,H,W]
+        imgs = (sample_l2i(model, mb, steps=steps, seeds=[it['seed'] for it in batch], guidance=G, batch_size=batch_size) if model is not None
+                else torch.stack([image(it['source_index']) for it in batch]))
+        for it, m, im in zip(batch, mb, imgs):
+            _write_png(m.to(torch.uint8).numpy(), out/'labels'/f"{it['name']}.png"); _write_png(_to_uint8(im), out/'images'/f"{it['name']}.png")
+            bar.update(1)
+            if on_item is not None: on_item(it['name'])
+    bar.close()
+
+# %% ../nbs/13_d3s2.ipynb #4eb456a5
+def _provenance(out:Path, h:str, settings:dict, plan:list, idx:list, present, hist, tax:Taxonomy, segmenter, elapsed:float, wrote:bool)->dict:
+    "The provenance of a distilled folder: settings, commit, time, class coverage, the segmenter's agreement per image."
+    tiou = teacher_agreement(segmenter, out, tax) if segmenter is not None else {}
+    cov = coverage_report(present, {'selection': torch.tensor(idx)}, tax.classes, hist=hist)
+    items = [{**it, 'teacher_iou': tiou.get(it['name']), 'classes': [tax.classes[k] for k in present[it['source_index']].nonzero().flatten().tolist()]} for it in plan]
+    prev = load_json(out/'provenance.json') if (out/'provenance.json').exists() else {}
+    spent = (prev.get('time_s') or 0.0) if prev.get('hash') == h else 0.0  # a finished set rerun keeps its synthesis time
+    return {'hash': h, 'settings': settings, 'git': git_commit(), 'time_s': round(spent + (elapsed if wrote or not spent else 0.0), 1),
+            'coverage': {'pool_classes': sum(1 for p in cov.pool if p), 'covered': cov.covered('selection'), 'per_class': dict(zip(tax.classes, cov.picked['selection'])),
+                         'pixel_share': dict(zip(tax.classes, cov.pixels['selection'])), 'pool_pixel_share': dict(zip(tax.classes, cov.pixels['pool']))},
+            'teacher_miou': float(np.nanmean([v for v in tiou.values() if v is not None])) if tiou else None, 'items': items}
+
+# %% ../nbs/13_d3s2.ipynb #ee71b158
 def distill_dataset(train_ds, # the labelled training set (a `SegDataset`, or a list of dicts with `image`, `mask`, `id`)
                     budget:int|float, # masks to keep: a count or a fraction of the set
                     out_dir:str|Path, # the distilled dataset folder (resumed when it exists)
@@ -479,79 +545,27 @@ def distill_dataset(train_ds, # the labelled training set (a `SegDataset`, or a 
                     on_item=None # called with each finished item's name (tests use it to interrupt)
                    )->dict:
     "Select masks, synthesize an image for each, write the distilled dataset folder; returns the provenance."
-    from tqdm.auto import tqdm
-    from segkd_nb.l2i import L2I, load_l2i, sample_l2i
-    t0 = time.time(); out = Path(out_dir)
+    t0, out = time.time(), Path(out_dir)
     if synth not in ('l2i', 'real'): raise ValueError(f"synth must be 'l2i' or 'real', got {synth!r}")
-    masks, image, ids, tax = _source(train_ds, tax, size)
-    hist = class_histograms(masks, tax.n, ids=ids)                      # [N,K]
     if weighting not in ('presence', 'fractions'): raise ValueError(f"weighting must be 'presence' or 'fractions', got {weighting!r}")
-    frac = class_presence(hist, fractions=True)
-    present = frac > min_frac
+    masks, image, ids, tax = _source(train_ds, tax, size)
+    hist = class_histograms(masks, tax.n, ids=ids); frac = class_presence(hist, fractions=True); present = frac > min_frac  # [N,K]
     idx = select_masks(frac if weighting == 'fractions' else present, budget, selection, seed, beta, dup_penalty).tolist()
-    model, l2i_info, G = None, None, None
-    if synth == 'l2i':
-        if l2i is None: raise ValueError("synth='l2i' needs a trained model: pass l2i= an L2I or its checkpoint (train one with `segkd l2i train`)")
-        model = l2i if isinstance(l2i, nn.Module) else load_l2i(l2i)
-        if model.cfg.num_classes != tax.n: raise ValueError(f"the l2i model knows {model.cfg.num_classes} classes, the dataset {tax.n}")
-        l2i_info = {'path': None if isinstance(l2i, nn.Module) else str(l2i), 'step': getattr(model, 'step', None), 'config': asdict(model.cfg)}
-        if guidance is not None and guidance.enabled:
-            if segmenter is None: raise ValueError("guided sampling needs a frozen segmenter (segmenter=)")
-            if guidance.lam_feat and moments is None:
-                mp = out/'moments.pt'
-                if mp.exists(): moments = safe_load(mp, 'feature moments')
-                else:
-                    ds_m = [{'image': image(i), 'mask': masks[i]} for i in range(len(masks))]
-                    moments = class_feature_moments(segmenter, ds_m, guidance.layers, tax.n)
-                    out.mkdir(parents=True, exist_ok=True)
-                    with atomic_path(mp) as t: torch.save(moments, t)
-            G = Guidance(segmenter, guidance, moments, n=tax.n)
+    model, l2i_info = _synth_model(l2i, tax) if synth == 'l2i' else (None, None)
+    G = _guidance_for(guidance, segmenter, moments, out, masks, image, tax) if synth == 'l2i' else None
     gname = 'real' if synth == 'real' else ('none' if G is None else '+'.join(k for k, v in (('seg', guidance.lam_seg), ('feat', guidance.lam_feat)) if v))
-    settings = {'budget': budget, 'n_selected': len(idx), 'pool': len(ids), 'selection': selection, 'beta': beta, 'dup_penalty': dup_penalty,
-                'min_frac': min_frac, 'weighting': weighting,
-                'seed': seed, 'steps': steps, 'synth': synth, 'size': list(size) if size else None, 'taxonomy': tax.name,
-                'source': getattr(train_ds, 'name', None) or 'dataset', 'guidance': gname,
-                'guidance_config': asdict(guidance) if G is not None else None, 'segmenter': _fingerprint(segmenter) if G is not None else None,
-                'l2i': l2i_info}
-    h = config_hash(settings)
-    plan = [{'name': f'{j:05d}_{_safe(ids[i])}', 'source_index': i, 'source_id': ids[i], 'seed': seed * 1_000_003 + j} for j, i in enumerate(idx)]
-    if (out/'plan.json').exists():
-        old = load_json(out/'plan.json')
-        if old['hash'] != h:
-            diff = sorted(k for k in set(old['settings']) | set(settings) if old['settings'].get(k) != json.loads(json.dumps(settings, default=str)).get(k))
-            raise ValueError(f"{out} holds a distilled set made with other settings (differing: {diff}); use another out_dir")
-    else: save_json({'hash': h, 'settings': settings, 'items': plan}, out/'plan.json')
+    settings = {'budget': budget, 'n_selected': len(idx), 'pool': len(ids), 'selection': selection, 'beta': beta, 'dup_penalty': dup_penalty, 'min_frac': min_frac,
+                'weighting': weighting, 'seed': seed, 'steps': steps, 'synth': synth, 'size': list(size) if size else None, 'taxonomy': tax.name,
+                'source': getattr(train_ds, 'name', None) or 'dataset', 'guidance': gname, 'guidance_config': asdict(guidance) if G is not None else None,
+                'segmenter': _fingerprint(segmenter) if G is not None else None, 'l2i': l2i_info}
+    h, plan = _plan(out, settings, ids, idx, seed)
     tax.save(out/'taxonomy.json')
     for d in ('images', 'labels'):
         (out/d).mkdir(parents=True, exist_ok=True)
         for p in (out/d).glob('.*.tmp'): p.unlink()  # leftovers of a killed write
     todo = [it for it in plan if not (out/'images'/f"{it['name']}.png").exists()]
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, desc='d3s2', mininterval=2)
-    j = 0
-    while j < len(todo):
-        shape = masks[todo[j]['source_index']].shape  # a batch holds masks of one size
-        batch = [todo[j]]
-        while j + len(batch) < len(todo) and len(batch) < batch_size and masks[todo[j + len(batch)]['source_index']].shape == shape: batch.append(todo[j + len(batch)])
-        j += len(batch)
-        mb = torch.stack([masks[it['source_index']] for it in batch])  # [B,H,W]
-        imgs = (sample_l2i(model, mb, steps=steps, seeds=[it['seed'] for it in batch], guidance=G, batch_size=batch_size) if synth == 'l2i'
-                else torch.stack([image(it['source_index']) for it in batch]))
-        for it, m, im in zip(batch, mb, imgs):
-            _write_png(m.to(torch.uint8).numpy(), out/'labels'/f"{it['name']}.png")
-            _write_png(_to_uint8(im), out/'images'/f"{it['name']}.png")
-            bar.update(1)
-            if on_item is not None: on_item(it['name'])
-    bar.close()
-    tiou = teacher_agreement(segmenter, out, tax) if segmenter is not None else {}
-    cov = coverage_report(present, {'selection': torch.tensor(idx)}, tax.classes, hist=hist)
-    items = [{**it, 'teacher_iou': tiou.get(it['name']), 'classes': [tax.classes[k] for k in present[it['source_index']].nonzero().flatten().tolist()]} for it in plan]
-    prev = load_json(out/'provenance.json') if (out/'provenance.json').exists() else {}
-    spent = (prev.get('time_s') or 0.0) if prev.get('hash') == h else 0.0  # a finished set rerun keeps its synthesis time
-    prov = {'hash': h, 'settings': settings, 'git': git_commit(), 'time_s': round(spent + (time.time() - t0 if todo or not spent else 0.0), 1),
-            'coverage': {'pool_classes': sum(1 for p in cov.pool if p), 'covered': cov.covered('selection'),
-                         'per_class': dict(zip(tax.classes, cov.picked['selection'])),
-                         'pixel_share': dict(zip(tax.classes, cov.pixels['selection'])), 'pool_pixel_share': dict(zip(tax.classes, cov.pixels['pool']))},
-            'teacher_miou': float(np.nanmean([v for v in tiou.values() if v is not None])) if tiou else None, 'items': items}
+    _write_items(out, todo, len(plan), masks, image, model, G, steps, batch_size, progress, on_item)
+    prov = _provenance(out, h, settings, plan, idx, present, hist, tax, segmenter, time.time() - t0, bool(todo))
     save_json(prov, out/'provenance.json')
     return prov
 

@@ -214,7 +214,80 @@ def set_app_colors(fo, dataset, fields:list, tax:Taxonomy, offset:int=0):
     old = [f for f in ((cs.fields or []) if cs is not None else []) if f.get('path') not in fields]
     dataset.app_config.color_scheme = fo.ColorScheme(color_by='value', fields=old + [{'path': f, 'maskTargetsColors': cols} for f in fields])
 
-# %% ../nbs/20_fiftyone.ipynb #3aedd15e
+# %% ../nbs/20_fiftyone.ipynb #355f12f9
+def _check_preds(preds:dict, ds:SegDataset)->dict:
+    "Prediction sources by field, read from folders, with their field names and ids checked."
+    preds = {f: ({p.stem: p for p in sorted(Path(v).glob('*.png'))} if isinstance(v, (str, Path)) else v) for f, v in (preds or {}).items()}
+    for f, v in preds.items():
+        if not f.isidentifier() or f in ('gt', 'sid', 'filepath', 'id', 'tags', 'metadata') or f.startswith(('iou_', 'errors_', 'disagree_')):
+            raise ValueError(f"{f!r} cannot be a prediction field name (use e.g. 'pred_teacher')")
+        unknown = sorted(set(v) - set(ds.ids))
+        if unknown: raise DataError(f"{f}: predictions for ids that are not in {ds.name!r}: {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+    return preds
+
+def _open_dataset(fo, name:str, overwrite:bool, id_offset:int):
+    "The persistent dataset `name` (created, or loaded and checked against the id offset of its masks)."
+    dataset = fo.Dataset(name, persistent=True, overwrite=True) if overwrite or not fo.dataset_exists(name) else fo.load_dataset(name)
+    dataset.persistent = True
+    prev = (dataset.info or {}).get('mask_id_offset', 0) if dataset.mask_targets else None  # older exports: class ids
+    if prev is not None and prev != id_offset:
+        raise ValueError(f"{name}: its masks were exported with id_offset={prev}; pass id_offset={prev}, or overwrite=True to start again")
+    return dataset
+
+# %% ../nbs/20_fiftyone.ipynb #8dc630e0
+def _add_samples(fo, fos, dataset, ds:SegDataset, fields:list, scored:bool)->list:
+    "One sample per image file (the missing ones added), the fields declared; returns the normalised file paths."
+    fps = [fos.normalize_path(str(ip)) for _, ip, _ in ds.items]
+    have = set(dataset.values('filepath'))
+    new = [fo.Sample(filepath=fp) for fp in fps if fp not in have]
+    if new: dataset.add_samples(new, progress=False)
+    schema = dataset.get_field_schema()
+    if 'sid' not in schema: dataset.add_sample_field('sid', fo.StringField)
+    for f in fields:
+        if f not in schema: dataset.add_sample_field(f, fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+        if f != 'gt' and scored and f'iou_{f}' not in schema: dataset.add_sample_field(f'iou_{f}', fo.FloatField)
+    dataset.set_values('sid', dict(zip(fps, ds.ids)), key_field='filepath')
+    return fps
+
+# %% ../nbs/20_fiftyone.ipynb #a79f7ede
+def _write_masks(fo, fos, ds:SegDataset, preds:dict, fps:list, out_dir:Path, tax:Taxonomy, id_offset:int)->tuple:
+    "Mask files and labels of every sample and field, each prediction's per-image mIoU and the set's confusion matrices."
+    labels, ious = {f: {} for f in (['gt'] if ds.labelled else []) + list(preds)}, {f: {} for f in preds}
+    cms = {f: ConfusionMatrix(tax.n, tax.ignore_index) for f in preds}  # one matrix per field, accumulated over the set
+    gt_as_is = id_offset == 0 and ds.labelled and _is_id_png(ds.items[0][2], ds.tax)  # shifted masks are always written
+    for (iid, ip, lp), fp in zip(ds.items, fps):
+        gt = read_label(lp, ds.label_tax) if lp is not None else None  # [H,W] uint8 ids, 255 = ignore
+        if gt is not None:
+            gpath = Path(lp) if gt_as_is and _is_id_png(lp) else save_mask_png(app_ids(gt, id_offset, ds.tax.ignore_index), out_dir/'gt'/f'{safe_name(iid)}.png')
+            labels['gt'][fp] = fo.Segmentation(mask_path=fos.normalize_path(str(gpath)))
+        for f, pm in preds.items():
+            if iid not in pm: continue
+            shape = gt.shape if gt is not None else Image.open(ip).size[::-1]
+            p, resized = read_pred(pm[iid], tax.n, shape, f"{f}/{iid}")  # [H,W] uint8 ids
+            as_is = id_offset == 0 and isinstance(pm[iid], (str, Path)) and not resized and _is_id_png(pm[iid])
+            ppath = Path(pm[iid]) if as_is else save_mask_png(app_ids(p, id_offset, tax.ignore_index), out_dir/f/f'{safe_name(iid)}.png')
+            labels[f][fp] = fo.Segmentation(mask_path=fos.normalize_path(str(ppath)))
+            if gt is None: continue
+            cm = ConfusionMatrix(tax.n, tax.ignore_index).update(torch.from_numpy(p)[None], torch.from_numpy(gt)[None])  # class ids, not shifted
+            cms[f].mat += cm.mat; v = cm.miou(); ious[f][fp] = None if np.isnan(v) else v
+    return labels, ious, cms
+
+# %% ../nbs/20_fiftyone.ipynb #7f53363d
+def _store(fo, dataset, fields:list, labels:dict, ious:dict, cms:dict, tax:Taxonomy, id_offset:int):
+    "Labels, per-image IoU, class names, App colours and set-level metrics on the dataset."
+    for f, vals in labels.items():
+        if vals: dataset.set_values(f, vals, key_field='filepath')
+    for f, vals in ious.items():
+        if vals: dataset.set_values(f'iou_{f}', vals, key_field='filepath')
+    targets = {i + id_offset: c for i, c in enumerate(tax.classes)} | ({tax.ignore_index: 'ignore'} if id_offset == 0 else {})  # 0 unnamed: ignore
+    dataset.mask_targets = {**(dataset.mask_targets or {}), **{f: targets for f in fields}}
+    set_app_colors(fo, dataset, fields, tax, id_offset)
+    info = dict(dataset.info or {})
+    info |= {'taxonomy': tax.to_dict(), 'mask_id_offset': id_offset,
+             'metrics': {**info.get('metrics', {}), **{f: {**cms[f].summary(tax.classes), 'n_images': len(ious[f])} for f in ious if ious[f]}}}
+    dataset.info = info; dataset.save()
+
+# %% ../nbs/20_fiftyone.ipynb #d8113d17
 def export_segmentation(name:str, # the FiftyOne dataset name (created, or updated where it exists)
                         ds:SegDataset, # images (and labels) on disk
                         preds:dict=None, # field name -> {item id -> mask ([H,W] ids, [K,H,W] logits, or PNG path)} or -> a folder of `<id>.png`
@@ -230,72 +303,14 @@ def export_segmentation(name:str, # the FiftyOne dataset name (created, or updat
     if tax.n != ds.tax.n: raise ValueError(f"taxonomy {tax.name} has {tax.n} classes but the dataset's {ds.tax.name} has {ds.tax.n}")
     if isinstance(id_offset, bool) or not isinstance(id_offset, (int, np.integer)) or not 0 <= id_offset <= 255 - (tax.n - 1):
         raise ValueError(f"id_offset must be an int in 0..{255 - (tax.n - 1)} (class ids + offset must fit a uint8 PNG), got {id_offset!r}")
-    id_offset = int(id_offset)
     out_dir = Path(out_dir) if out_dir else load_settings().path('runs_dir')/'fiftyone'/name
-    ids = ds.ids
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    dup = sorted({i for i in ds.ids if ds.ids.count(i) > 1}) if len(set(ds.ids)) < len(ds.ids) else []
     if dup: raise DataError(f"{ds.name}: duplicate item ids {dup[:5]}")
-    preds = {f: ({p.stem: p for p in sorted(Path(v).glob('*.png'))} if isinstance(v, (str, Path)) else v) for f, v in (preds or {}).items()}
-    for f, v in preds.items():
-        if not f.isidentifier() or f in ('gt', 'sid', 'filepath', 'id', 'tags', 'metadata') or f.startswith('iou_'):
-            raise ValueError(f"{f!r} cannot be a prediction field name (use e.g. 'pred_teacher')")
-        unknown = sorted(set(v) - set(ids))
-        if unknown: raise DataError(f"{f}: predictions for ids that are not in {ds.name!r}: {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+    preds = _check_preds(preds, ds)
     fields = (['gt'] if ds.labelled else []) + list(preds)
-    # one sample per image file: add the missing ones, then set fields keyed by filepath
-    dataset = fo.Dataset(name, persistent=True, overwrite=True) if overwrite or not fo.dataset_exists(name) else fo.load_dataset(name)
-    dataset.persistent = True
-    prev = (dataset.info or {}).get('mask_id_offset', 0) if dataset.mask_targets else None  # older exports: class ids
-    if prev is not None and prev != id_offset:
-        raise ValueError(f"{name}: its masks were exported with id_offset={prev}; pass id_offset={prev}, or overwrite=True to start again")
-    fps = [fos.normalize_path(str(ip)) for _, ip, _ in ds.items]
-    have = set(dataset.values('filepath'))
-    new = [fo.Sample(filepath=fp) for fp in fps if fp not in have]
-    if new: dataset.add_samples(new, progress=False)
-    schema = dataset.get_field_schema()
-    if 'sid' not in schema: dataset.add_sample_field('sid', fo.StringField)
-    for f in fields:
-        if f not in schema: dataset.add_sample_field(f, fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
-        if f != 'gt' and ds.labelled and f'iou_{f}' not in schema: dataset.add_sample_field(f'iou_{f}', fo.FloatField)
-    dataset.set_values('sid', dict(zip(fps, ids)), key_field='filepath')
-    labels = {f: {} for f in fields}
-    ious = {f: {} for f in preds}
-    cms = {f: ConfusionMatrix(tax.n, tax.ignore_index) for f in preds}  # one matrix per field, accumulated over the set
-    gt_as_is = id_offset == 0 and ds.labelled and _is_id_png(ds.items[0][2], ds.tax)  # shifted masks are always written
-    for (iid, ip, lp), fp in zip(ds.items, fps):
-        gt = None
-        if lp is not None:
-            gt = read_label(lp, ds.label_tax)  # [H,W] uint8 ids, 255 = ignore
-            gpath = Path(lp) if gt_as_is and _is_id_png(lp) else save_mask_png(app_ids(gt, id_offset, ds.tax.ignore_index), out_dir/'gt'/f'{safe_name(iid)}.png')
-            labels['gt'][fp] = fo.Segmentation(mask_path=fos.normalize_path(str(gpath)))
-        for f, pm in preds.items():
-            if iid not in pm: continue
-            src = pm[iid]
-            if gt is not None: shape = gt.shape
-            else:
-                with Image.open(ip) as im: shape = im.size[::-1]
-            p, resized = read_pred(src, tax.n, shape, f"{f}/{iid}")  # [H,W] uint8 ids
-            as_is = id_offset == 0 and isinstance(src, (str, Path)) and not resized and _is_id_png(src)
-            ppath = Path(src) if as_is else save_mask_png(app_ids(p, id_offset, tax.ignore_index), out_dir/f/f'{safe_name(iid)}.png')
-            labels[f][fp] = fo.Segmentation(mask_path=fos.normalize_path(str(ppath)))
-            if gt is not None:  # scored on the class ids, not the shifted ones
-                cm = ConfusionMatrix(tax.n, tax.ignore_index).update(torch.from_numpy(p)[None], torch.from_numpy(gt)[None])
-                cms[f].mat += cm.mat
-                v = cm.miou(); ious[f][fp] = None if np.isnan(v) else v
-    for f, vals in labels.items():
-        if vals: dataset.set_values(f, vals, key_field='filepath')
-    for f, vals in ious.items():
-        if vals: dataset.set_values(f'iou_{f}', vals, key_field='filepath')
-    # class names, App colours and set-level metrics live on the dataset
-    targets = {i + id_offset: c for i, c in enumerate(tax.classes)} | ({tax.ignore_index: 'ignore'} if id_offset == 0 else {})  # 0 unnamed: ignore
-    dataset.mask_targets = {**(dataset.mask_targets or {}), **{f: targets for f in fields}}
-    set_app_colors(fo, dataset, fields, tax, id_offset)
-    info = dict(dataset.info or {})
-    info['taxonomy'] = tax.to_dict()
-    info['mask_id_offset'] = id_offset
-    info['metrics'] = {**info.get('metrics', {}), **{f: {**cms[f].summary(tax.classes), 'n_images': len(ious[f])} for f in preds if ious[f]}}
-    dataset.info = info
-    dataset.save()
+    dataset = _open_dataset(fo, name, overwrite, int(id_offset))
+    fps = _add_samples(fo, fos, dataset, ds, fields, ds.labelled)
+    _store(fo, dataset, fields, *_write_masks(fo, fos, ds, preds, fps, out_dir, tax, int(id_offset)), tax, int(id_offset))
     return dataset
 
 # %% ../nbs/20_fiftyone.ipynb #feaab566
