@@ -47,8 +47,8 @@ def show_curves(hists:dict, # run name -> its history (training losses per term,
     "Training losses per term (left) and validation mIoU over steps (right)."
     if axs is None: _, axs = plt.subplots(1, 2, figsize=(9, 3))
     for n, h in hists.items():
-        for k in [k for k in h[0] if k not in ('step', 'lr', 'loss', 'val_miou')]:
-            axs[0].plot([r['step'] for r in h], [r[k] for r in h], label=f'{n}: {k}')
+        for k in sorted(set().union(*h) - {'step', 'lr', 'loss', 'val_miou'}):
+            axs[0].plot([r['step'] for r in h if k in r], [r[k] for r in h if k in r], label=f'{n}: {k}')
         v = [(r['step'], r['val_miou']) for r in h if r.get('val_miou') is not None]
         if v: axs[1].plot(*zip(*[(s, 100 * m) for s, m in v]), marker='o', ms=3, label=n)
     axs[0].set_yscale('log'); axs[0].set_xlabel('step'); axs[0].set_title('training loss, per term (unweighted)', fontsize=9); axs[0].legend(fontsize=7)
