@@ -20,12 +20,12 @@ def test_demo_end_to_end(tmp_path, fo_db):
                        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     d = tmp_path/'demo'
-    for f in ('report.md', 'predictions.png', 'losses.png', 'summary.json', 'student_kd/metrics.json', 'student/metrics.json'): assert (d/f).exists(), f
+    for f in ('report.md', 'predictions.png', 'losses.png', 'summary.json', 'student_dist/metrics.json', 'student/metrics.json'): assert (d/f).exists(), f
     s = json.loads((d/'summary.json').read_text())
     assert {'teacher', 'student_kd', 'student'} <= set(s)
     report = (d/'report.md').read_text()
     assert '| **mIoU** |' in report and 'FiftyOne dataset `segkd-demo-samples` (500 samples)' in report and 'worst-pred_student' in report, report[-800:]
-    h = json.loads((d/'student_kd'/'history.json').read_text())
+    h = json.loads((d/'student_dist'/'history.json').read_text())
     assert {'ce', 'dist', 'val_miou'} <= set().union(*h)  # losses per term (the default loss is DIST) and the validation curve
     # the run is staged: a second call skips every finished run
     r = subprocess.run([str(Path(sys.executable).parent/'segkd'), 'demo', '--scale', '0.02', '--out', str(tmp_path/'demo'), '--no-fiftyone'],

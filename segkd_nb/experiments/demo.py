@@ -4,7 +4,7 @@
 
 # %% ../../nbs/35_demo.ipynb #9c82bcf3
 from __future__ import annotations
-import shutil, sys, time
+import re, shutil, sys, time
 from dataclasses import asdict, replace
 from pathlib import Path
 import torch
@@ -20,7 +20,7 @@ from ..fo import export_segmentation, prediction_masks, add_review
 from ..runs import get_preset, cached_teacher, run_training, preset_split, preset_cfg, ablation_runs
 
 # %% auto #0
-__all__ = ['show_predictions', 'show_curves', 'run_demo']
+__all__ = ['show_predictions', 'show_curves', 'demo_dirs', 'run_demo']
 
 # %% ../../nbs/35_demo.ipynb #64a49899
 def show_predictions(models:dict, # name -> model
@@ -55,14 +55,19 @@ def show_curves(hists:dict, # run name -> its history (training losses per term,
     axs[1].set_xlabel('step'); axs[1].set_ylabel('val mIoU (%)'); axs[1].set_title('validation mIoU', fontsize=9); axs[1].legend(fontsize=7)
     return axs
 
+# %% ../../nbs/35_demo.ipynb #c00c3148
+def demo_dirs(out:Path, loss:str)->dict:
+    "The run folders of the demo's two students: the distilled one is named after its loss, so another loss never meets its folder."
+    return {'student_kd': out/('student_' + re.sub(r'[^A-Za-z0-9]+', '-', loss).strip('-')), 'student': out/'student'}
+
 # %% ../../nbs/35_demo.ipynb #08b04c8c
 def _students(p, teacher, t_dir, out:Path, seed:int, val_every:int, loss:str)->dict:
-    "The KD student and the student alone, paired, with validation curves."
+    "The distilled student and the student alone, paired, with validation curves (the distilled run's folder is named after its loss)."
     tax = data_taxonomy(p.data); train_ds, val_ds = preset_split(p, 'train'), preset_split(p, 'val')
     curve = lambda: ValCurve(val_ds.subset(range(min(100, len(val_ds)))), val_every)
     res = {}
     for name, spec in (('student_kd', loss), ('student', '')):
-        res[name] = run_training(out/name, lambda: build_model(p.student_arch, tax.n, width=p.student_width), lambda st, spec=spec: build_terms(spec, st, teacher, ce=1.0),
+        res[name] = run_training(demo_dirs(out, loss)[name], lambda: build_model(p.student_arch, tax.n, width=p.student_width), lambda st, spec=spec: build_terms(spec, st, teacher, ce=1.0),
                                  train_ds, val_ds, preset_cfg(p, p.student_steps, seed, ckpt_every=100), teacher=teacher if spec else None, tax=tax,
                                  meta={'data': p.data, 'size': list(p.size), 'teacher': t_dir.name if spec else None}, callbacks=[curve()])
     return res
@@ -94,10 +99,11 @@ def run_demo(out:str|Path=None, # run folder (default: runs_dir/demo)
     out.mkdir(parents=True, exist_ok=True)
     teacher, t_dir = cached_teacher(p); t_wall = time.time() - t0
     res = {'teacher': load_json(t_dir/'metrics.json')} | _students(p, teacher, t_dir, out, seed, max(1, int(val_every * scale)), loss)
-    models = {'teacher': teacher, **{n: load_checkpoint(out/n/'last.pt')[0].eval() for n in ('student_kd', 'student')}}
+    dirs = demo_dirs(out, loss)
+    models = {'teacher': teacher, **{n: load_checkpoint(dirs[n]/'last.pt')[0].eval() for n in ('student_kd', 'student')}}
     val_ds = preset_split(p, 'val')
     fig = show_predictions(models, val_ds, idx=[0, 7, 21], tax=val_ds.tax); fig.savefig(out/'predictions.png', dpi=70); plt.close(fig)
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3)); show_curves({n: load_json(out/n/'history.json') for n in ('student_kd', 'student')}, axs)
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3)); show_curves({n: load_json(dirs[n]/'history.json') for n in ('student_kd', 'student')}, axs)
     fig.tight_layout(); fig.savefig(out/'losses.png', dpi=80); plt.close(fig)
     fo_line = _demo_fiftyone(preset, models, val_ds, out) if fiftyone else ''
     wall = time.time() - t0
