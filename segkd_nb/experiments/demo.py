@@ -79,8 +79,9 @@ def _protocol_line(preset:str, row:str)->str:
     runs = ablation_runs(r['table']) if r else {}
     if row not in runs: return f"One seed cannot separate a gain from noise; the paired-seed table (`python bench/gskd_experiment.py`) has no `{row}` row here."
     s = paired_stats(runs[row], runs['student'])
+    p = '< 0.001' if s['p'] < 0.001 else f"= {s['p']:.3f}"
     return (f"One seed cannot separate a gain from noise. Over {s['n']} paired seeds (`{r['command']}`), `{row}` minus the student alone is "
-            f"{100*s['mean']:+.1f} mIoU, 95% CI [{100*s['ci'][0]:+.1f}, {100*s['ci'][1]:+.1f}], p = {s['p']:.3f}: **{s['verdict']}**.")
+            f"{100*s['mean']:+.1f} mIoU, 95% CI [{100*s['ci'][0]:+.1f}, {100*s['ci'][1]:+.1f}], p {p}: **{s['verdict']}**.")
 
 # %% ../../nbs/35_demo.ipynb #1e0e2b41
 def run_demo(out:str|Path=None, # run folder (default: runs_dir/demo)
