@@ -12,8 +12,8 @@ from .data import IGNORE
 from .datasets import load_split
 
 # %% auto #0
-__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_stats', 'fmt_paired', 'paired_table', 'pairs_table',
-           'location_prior', 'colour_lut', 'colour_predict', 'location_prior_miou']
+__all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_stats', 'fmt_p', 'fmt_paired', 'paired_table',
+           'pairs_table', 'location_prior', 'colour_lut', 'colour_predict', 'location_prior_miou']
 
 # %% ../nbs/03_metrics.ipynb #6961780b
 class ConfusionMatrix:
@@ -112,6 +112,14 @@ def paired_stats(x:dict, # seed -> value of the row
     verdict = 'no measurable effect' if lo <= 0 <= hi else ('better' if mean > 0 else 'worse')
     return {'n': n, 'mean': mean, 'std': sd, 'ci': [lo, hi], 'p': p, 'verdict': verdict}
 
+# %% ../nbs/03_metrics.ipynb #88b283e1
+def fmt_p(p:float, # a p-value
+          eq:bool=False # prose form: '= 0.123' / '< 0.001' instead of the table form '0.123' / '<0.001'
+         )->str:
+    "A p-value for a table cell or a sentence."
+    if p < 0.001: return '< 0.001' if eq else '<0.001'
+    return f"= {p:.3f}" if eq else f"{p:.3f}"
+
 # %% ../nbs/03_metrics.ipynb #6c059156
 def fmt_paired(s:dict, # from `paired_stats` (values are fractions: shown in mIoU points)
                scale:float=100 # multiply (100: fractions to points)
@@ -119,8 +127,7 @@ def fmt_paired(s:dict, # from `paired_stats` (values are fractions: shown in mIo
     "'Δ | 95% CI | p | verdict' cells of a markdown table row."
     if s['n'] < 2: return f"{scale*s['mean']:+.1f} | - | - | too few seeds" if s['n'] else '- | - | - | -'
     lo, hi = (scale * v for v in s['ci'])
-    p = f"{s['p']:.3f}" if s['p'] >= 0.001 else '<0.001'
-    return f"{scale*s['mean']:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {p} | {s['verdict']}"
+    return f"{scale*s['mean']:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {fmt_p(s['p'])} | {s['verdict']}"
 
 def paired_table(runs:dict, # row -> {seed: value} (fractions)
                  ref:str, # the reference row

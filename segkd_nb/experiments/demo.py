@@ -13,7 +13,7 @@ from ..config import load_settings, save_json, load_json, git_commit, get_device
 from ..data import Taxonomy, show_image, show_mask, show_legend
 from ..datasets import data_taxonomy
 from ..models import build_model, load_checkpoint
-from ..metrics import per_class_table, paired_stats
+from ..metrics import per_class_table, paired_stats, fmt_p
 from ..train import predict, ValCurve
 from ..kd import build_terms
 from ..fo import export_segmentation, prediction_masks, add_review
@@ -79,9 +79,8 @@ def _protocol_line(preset:str, row:str)->str:
     runs = ablation_runs(r['table']) if r else {}
     if row not in runs: return f"One seed cannot separate a gain from noise; the paired-seed table (`python bench/gskd_experiment.py`) has no `{row}` row here."
     s = paired_stats(runs[row], runs['student'])
-    p = '< 0.001' if s['p'] < 0.001 else f"= {s['p']:.3f}"
     return (f"One seed cannot separate a gain from noise. Over {s['n']} paired seeds (`{r['command']}`), `{row}` minus the student alone is "
-            f"{100*s['mean']:+.1f} mIoU, 95% CI [{100*s['ci'][0]:+.1f}, {100*s['ci'][1]:+.1f}], p {p}: **{s['verdict']}**.")
+            f"{100*s['mean']:+.1f} mIoU, 95% CI [{100*s['ci'][0]:+.1f}, {100*s['ci'][1]:+.1f}], p {fmt_p(s['p'], eq=True)}: **{s['verdict']}**.")
 
 # %% ../../nbs/35_demo.ipynb #1e0e2b41
 def run_demo(out:str|Path=None, # run folder (default: runs_dir/demo)
