@@ -2,7 +2,7 @@
 
 Writes results/timings.json (install_min, demo_min, test_min, each command's exit code, the clone's commit, the load
 average before each step) and the logs under the clone. A step that fails is recorded as failed, never as a time.
-Usage: .venv/bin/python tools/measure_timings.py [--dest /tmp/segkd-timing]   (about 35 minutes on 2 cores)"""
+Usage: .venv/bin/python tools/measure_timings.py [--dest DIR]   (default: a sibling folder, so ../shared/real resolves as here; about 30 minutes on 2 cores)"""
 import argparse, os, shutil, subprocess, sys, time
 from pathlib import Path
 root = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ def timed(target, clone, log):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--dest', default='/tmp/segkd-timing', help='where to clone (removed first)')
+    ap.add_argument('--dest', default=str(root.parent/'segkd-timing'), help='where to clone (removed first)')
     a = ap.parse_args(); dest = Path(a.dest)
     if dest.exists(): shutil.rmtree(dest)
     subprocess.run(['git', 'clone', '-q', str(root), str(dest)], check=True)
