@@ -13,7 +13,7 @@ Stages, each resumable and skipped when finished (run them separately to time th
 import argparse, json, os, shlex, sys, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from segkd_nb.d3s2 import GuidanceConfig
-from segkd_nb.experiments.d3s2 import run_d3s2_experiment, d3s2_table, D3S2_ROWS
+from segkd_nb.experiments.exp_d3s2 import run_d3s2_experiment, d3s2_table, D3S2_ROWS
 
 def _list(s, f): return tuple(f(v) for v in s.split(','))
 

@@ -9,7 +9,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt, torch
 from segkd_nb.d3s2 import load_distilled, show_guidance_grid
-from segkd_nb.experiments.d3s2 import d3s2_exp_dir, d3s2_run_name
+from segkd_nb.experiments.exp_d3s2 import d3s2_exp_dir, d3s2_run_name
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('--preset', default='samples'); ap.add_argument('--budget', default='0.05'); ap.add_argument('--seed', type=int, default=0)

@@ -7,7 +7,7 @@ K = 5%, 10%, 25% of the pool, paired seeds, with AUROC of the ADS distance per p
 import argparse, os, sys
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 from segkd_nb.data import DataError
-from segkd_nb.experiments.dfss import run_dfss_protocol, dfss_table
+from segkd_nb.experiments.exp_dfss import run_dfss_protocol, dfss_table
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,7 +5,7 @@ teacher, their checkpoints' GSSMs on one val image, metrics and loss histories. 
 """
 import argparse, os
 os.environ.setdefault('OMP_NUM_THREADS', '2')
-from segkd_nb.experiments.gskd import gskd_demo
+from segkd_nb.experiments.exp_gskd import gskd_demo
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -6,7 +6,7 @@
 """
 import argparse, os
 os.environ.setdefault('OMP_NUM_THREADS', '1')
-from segkd_nb.experiments.gskd import run_gskd_protocol, gskd_report
+from segkd_nb.experiments.exp_gskd import run_gskd_protocol, gskd_report
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

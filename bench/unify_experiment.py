@@ -8,7 +8,7 @@ the second dataset's own labels.
 import argparse, os, sys
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 from segkd_nb.data import DataError
-from segkd_nb.experiments.unify import run_unify_protocol, unify_tables, EXPERIMENTS
+from segkd_nb.experiments.exp_unify import run_unify_protocol, unify_tables, EXPERIMENTS
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -339,8 +339,8 @@ def test_export_pool_to_fiftyone(fo_db, tmp_path):
     assert len(ds2) == 6 and ds2.count_values('ads_selected') == {False: 6}
 
 def test_dfss_experiment_smoke(tmp_path, monkeypatch):
-    import segkd_nb.experiments.dfss as exp
-    from segkd_nb.experiments.dfss import dfss_experiment, dfss_table, dfss_rows
+    import segkd_nb.experiments.exp_dfss as exp
+    from segkd_nb.experiments.exp_dfss import dfss_experiment, dfss_table, dfss_rows
     calls, real = [], exp.score_pool
     monkeypatch.setattr(exp, 'score_pool', lambda *a, **kw: calls.append(1) or real(*a, **kw))
     from segkd_nb.models import build_model

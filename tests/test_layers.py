@@ -10,7 +10,7 @@ PKG = ROOT/'segkd_nb'
 # baseline terms) -> methods -> fiftyone -> runs and experiments -> cli. A module may import only modules before it.
 ORDER = ['config', 'data', 'synth', 'datasets', 'backbones', 'models', 'metrics', 'train', 'kd', 'baselines',
          'gskd', 'dfss', 'l2i', 'd3s2', 'unify', 'fo', 'runs',
-         'experiments.gskd', 'experiments.dfss', 'experiments.d3s2', 'experiments.unify', 'experiments.demo', 'cli']
+         'experiments.exp_gskd', 'experiments.exp_dfss', 'experiments.exp_d3s2', 'experiments.exp_unify', 'experiments.demo', 'cli']
 METHODS = {'gskd', 'dfss', 'l2i', 'd3s2', 'unify'}
 UPPER = {'fo', 'runs', 'cli'}
 
