@@ -15,7 +15,7 @@ from ..datasets import data_taxonomy
 from ..models import build_model, load_checkpoint
 from ..metrics import per_class_table, paired_stats, fmt_p
 from ..train import predict, ValCurve
-from ..kd import build_terms
+from ..kd import build_terms, parse_loss
 from ..fo import export_segmentation, prediction_masks, add_review
 from ..runs import get_preset, cached_teacher, run_training, preset_split, preset_cfg, ablation_runs
 
@@ -134,4 +134,4 @@ def _report(preset, p, models, res, wall, fo_line, git0, loss)->str:
     return '\n'.join([f"# segkd demo ({preset})", '', f"`{command_line()}` at commit {git0}; {wall/60:.1f} min on {get_device()}.", '',
         f"Teacher `{p.teacher_arch}` ({n(models['teacher']):.2f} M parameters, {p.teacher_steps} steps, {gap:.1f} mIoU points above the student alone); students "
         f"`{p.student_arch}` ({n(models['student']):.2f} M parameters, {p.student_steps} steps, the same initial weights, data order and augmentation): `student_kd` distilled with `{loss}` (and cross-entropy), `student` with cross-entropy alone; on val at {p.size[0]}x{p.size[1]}.", '',
-        per_class_table(res), '', _protocol_line(preset, '+'.join(t.split(':')[0] for t in loss.split('+'))), '', '![predictions](predictions.png)', '', '![losses](losses.png)', '', fo_line, ''])
+        per_class_table(res), '', _protocol_line(preset, '+'.join(name for name, _ in parse_loss(loss))), '', '![predictions](predictions.png)', '', '![losses](losses.png)', '', fo_line, ''])
