@@ -74,8 +74,8 @@ def preset_split(p:Preset, # the preset
                  split:str='train' # train | holdout | val | all
                 )->SegDataset:
     "A preset's split: augmented for training, resized or native for evaluation."
-    if split in ('val', 'holdout') and p.eval == 'native': return load_split(p.data, split, None, augment=False)
-    return load_split(p.data, split, p.size, scale=p.scale, scale_of=p.scale_of) if split not in ('val', 'holdout') else load_split(p.data, split, p.size)
+    if split not in ('val', 'holdout'): return load_split(p.data, split, p.size, scale=p.scale, scale_of=p.scale_of)
+    return load_split(p.data, split, None, augment=False) if p.eval == 'native' else load_split(p.data, split, p.size)
 
 def preset_cfg(p:Preset, steps:int, seed:int, teacher:bool=False, **kw)->TrainConfig:
     "The TrainConfig of a preset's student (or teacher) runs."
