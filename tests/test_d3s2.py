@@ -381,3 +381,25 @@ def test_fiftyone_export(tmp_path, fo_db, seg, toy):
     for it in prov['items']:
         s = by[it['name']]
         assert s['source_id'] == it['source_id'] and s['guidance'] == 'seg+feat' and abs(s['teacher_iou'] - it['teacher_iou']) < 1e-9
+
+# ---------------------------------------------------------------- the experiment: seeds spread over processes
+def test_experiment_in_two_processes_equals_one(tmp_path, monkeypatch):
+    "The protocol's table is the same whether its seeds run in two worker processes or one after another here."
+    from segkd_nb.runs import get_preset
+    from segkd_nb.datasets import load_split
+    from segkd_nb.experiments.exp_d3s2 import run_d3s2_experiment, d3s2_report, d3s2_verdicts, D3S2_ROWS
+    monkeypatch.setenv('SEGKD_CACHE_DIR', str(tmp_path/'cache'))
+    tr = load_split('samples', 'train', size=None, augment=False)
+    train_l2i(tr, L2IConfig(num_classes=tr.tax.n, size=(16, 24), channels=(8, 16, 16), norm_groups=4), tmp_path/'l2i', steps=1)
+    p = get_preset('samples', teacher_steps=2, teacher_width=8, batch_size=2, student_steps=2, size=(32, 48))
+    kw = dict(budgets=(6,), seeds=(0, 1), l2i=tmp_path/'l2i', sample_steps=2)
+    two = run_d3s2_experiment(p, out=tmp_path/'two', workers=2, **kw)
+    threads = torch.get_num_threads(); torch.set_num_threads(1)  # the workers' setting, so the arithmetic is the same
+    try: one = run_d3s2_experiment(p, out=tmp_path/'one', workers=1, **kw)
+    finally: torch.set_num_threads(threads)
+    key = lambda res: {(r['row'], r['seed']): r['miou'] for r in res['runs']}
+    assert len(two['runs']) == 2 * len(D3S2_ROWS) and key(two) == key(one)
+    assert [r['seed'] for r in two['runs']] == [0] * len(D3S2_ROWS) + [1] * len(D3S2_ROWS)
+    assert {r['n_images'] for r in two['runs'] if r['row'] != 'full'} == {6}
+    assert len(d3s2_verdicts(two)) == 3 and 'Mean per-class IoU' in d3s2_report(two)
+    with pytest.raises(ValueError, match="unknown D3S2 rows"): run_d3s2_experiment(p, rows=('guided',), out=tmp_path/'x', **kw)

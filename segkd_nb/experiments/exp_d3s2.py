@@ -4,22 +4,25 @@
 
 # %% ../../nbs/33_exp_d3s2.ipynb #ad8bb493
 from __future__ import annotations
+import time, multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
 from ..config import load_settings, seed_everything, save_json, load_json, save_result
 from ..data import SegTransform, folder_pairs
 from ..datasets import load_split, data_taxonomy
 from ..models import build_model
-from ..metrics import paired_stats, fmt_paired
+from ..metrics import paired_stats, fmt_paired, pairs_table, per_class_table
 from ..train import TrainConfig, evaluate
 from ..kd import build_terms
 from ..l2i import load_l2i
-from ..d3s2 import GuidanceConfig, Guidance, distill_dataset, teacher_agreement, guidance_from_spec
-from ..runs import get_preset, cached_teacher, run_training, l2i_run_dir
+from ..d3s2 import GuidanceConfig, Guidance, distill_dataset, teacher_agreement, guidance_from_spec, load_distilled
+from ..runs import Preset, get_preset, cached_teacher, run_training, l2i_run_dir, _row_summary
 
 # %% auto #0
-__all__ = ['D3S2_ROWS', 'd3s2_exp_dir', 'd3s2_run_name', 'set_agreement', 'run_d3s2_experiment', 'summarise_d3s2', 'd3s2_paired',
-           'd3s2_table']
+__all__ = ['D3S2_ROWS', 'D3S2_CLAIMS', 'd3s2_exp_dir', 'd3s2_run_name', 'set_agreement', 'run_d3s2_experiment', 'summarise_d3s2',
+           'd3s2_paired', 'd3s2_table', 'd3s2_seed_miou', 'd3s2_verdicts', 'd3s2_report']
 
 # %% ../../nbs/33_exp_d3s2.ipynb #9e1871f0
 D3S2_ROWS = {'random real': dict(selection='random', synth='real', guidance=None),
@@ -57,8 +60,38 @@ def set_agreement(scorer, # a segmenter independent of the one that guided synth
     "mIoU of `scorer` on a distilled set's images against the masks they were drawn for (one confusion matrix over the set)."
     return evaluate(scorer, folder_pairs(folder, tax, transform=SegTransform(tuple(size), train=False)), tax.classes, device='cpu')['miou']
 
+# %% ../../nbs/33_exp_d3s2.ipynb #068a6a74
+def _d3s2_seed(p:Preset, seed:int, budgets:tuple, rows:tuple, out:Path, l2i, gcfg:GuidanceConfig, steps:int, sample_steps:int)->list:
+    "The runs of one seed: the full-set student, then every (budget, row) set and its student."
+    tax = data_taxonomy(p.data)
+    train_src, val = load_split(p.data, 'train', size=None, augment=False), load_split(p.data, 'val', p.size)
+    size = None if tuple(p.size) == tuple(train_src[0]['mask'].shape) else p.size
+    teacher = cached_teacher(p, train=False)[0].eval()   # guides the synthesis
+    scorer = cached_teacher(p, seed=1, train=False)[0].eval()  # an independently trained segmenter scores the images: guidance optimised the first one
+    def student(name, ds):
+        cfg = TrainConfig(steps=steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
+        return run_training(out/'students'/name, lambda: build_model(p.student_arch, tax.n, width=p.student_width), build_terms('', ce=1.0), ds, val, cfg,
+                            tax=tax, meta={'data': p.data, 'experiment': 'd3s2'})
+    runs = []
+    if 'full' in rows:
+        r = student(f'full-s{seed}', load_split(p.data, 'train', p.size))
+        runs.append({'row': 'full', 'budget': None, 'seed': seed, 'miou': r['miou'], 'per_class_iou': r['per_class_iou'], 'train_s': r.get('wall_s')})
+    for b, row in [(b, row) for b in budgets for row in rows if row != 'full']:
+        spec, folder = D3S2_ROWS[row], out/'sets'/d3s2_run_name(row, b, seed)
+        prov = distill_dataset(train_src, b, folder, selection=spec['selection'], synth=spec['synth'], seed=seed, steps=sample_steps, size=size,
+                               l2i=l2i if spec['synth'] == 'l2i' else None, guidance=gcfg if spec['guidance'] else None, segmenter=teacher, tax=tax, progress=False)
+        r = student(d3s2_run_name(row, b, seed), load_distilled(folder, transform=SegTransform(p.size, train=True)))
+        runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'], 'per_class_iou': r['per_class_iou'],
+                     'teacher_agreement': set_agreement(scorer, folder, tax, p.size), 'guide_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
+    return runs
+
+def _d3s2_worker(kw:dict)->list:
+    "One process of `run_d3s2_experiment`: one thread, some seeds."
+    torch.set_num_threads(1)
+    return [x for seed in kw.pop('seeds') for x in _d3s2_seed(seed=seed, **kw)]
+
 # %% ../../nbs/33_exp_d3s2.ipynb #eb92278c
-def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and student (see `segkd_nb.runs.PRESETS`)
+def run_d3s2_experiment(preset:str|Preset='samples', # data, resolution, teacher and student (a name in `segkd_nb.runs.PRESETS`, or a `Preset`)
                         budgets:tuple=(0.05, 0.1), # fractions (or counts) of the training split
                         seeds:tuple=(0, 1, 2), # paired seeds
                         rows:tuple=tuple(D3S2_ROWS), # rows of `D3S2_ROWS` to run
@@ -67,57 +100,43 @@ def run_d3s2_experiment(preset:str='samples', # data, resolution, teacher and st
                         guidance:GuidanceConfig=None, # settings of the guided row (default: `GuidanceConfig()`)
                         student_steps:int=None, # optimizer steps of every student (default: the preset's)
                         sample_steps:int=20, # DDIM steps
+                        workers:int=1, # processes (one thread each) the seeds are spread over
                         results:str|Path=None # also write the results JSON here
                        )->dict:
     "Distil and train students for every (budget, seed, row); returns per-row mean and std mIoU on real val."
-    p = get_preset(preset); tax = data_taxonomy(p.data)
-    out = d3s2_exp_dir(preset, out)
-    train_src = load_split(p.data, 'train', size=None, augment=False)
-    val = load_split(p.data, 'val', p.size)
-    size = None if tuple(p.size) == tuple(train_src[0]['mask'].shape) else p.size
-    teacher = cached_teacher(p)[0].eval()   # guides the synthesis
-    scorer = cached_teacher(p, seed=1)[0].eval()  # an independently trained segmenter scores the images: guidance optimised the first one
-    l2i = l2i or l2i_run_dir(p.data)
-    steps = student_steps or p.student_steps
-    gcfg = guidance or GuidanceConfig()
-    def student(name, ds, seed):
-        cfg = TrainConfig(steps=steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
-        return run_training(out/'students'/name, lambda: build_model(p.student_arch, tax.n, width=p.student_width), build_terms('', ce=1.0), ds, val, cfg,
-                            tax=tax, meta={'data': p.data, 'experiment': 'd3s2'})
-    runs = []
-    for seed in seeds:
-        if 'full' in rows:
-            r = student(f'full-s{seed}', load_split(p.data, 'train', p.size), seed)
-            runs.append({'row': 'full', 'budget': None, 'seed': seed, 'miou': r['miou'], 'per_class_iou': r['per_class_iou'], 'train_s': r.get('wall_s')})
-        for b in budgets:
-            for row in [r for r in rows if r != 'full']:
-                spec = D3S2_ROWS[row]
-                folder = out/'sets'/d3s2_run_name(row, b, seed)
-                prov = distill_dataset(train_src, b, folder, selection=spec['selection'], synth=spec['synth'], seed=seed, steps=sample_steps, size=size,
-                                       l2i=l2i if spec['synth'] == 'l2i' else None, guidance=gcfg if spec['guidance'] else None,
-                                       segmenter=teacher, tax=tax, progress=False)
-                r = student(d3s2_run_name(row, b, seed), load_distilled(folder, transform=SegTransform(p.size, train=True)), seed)
-                runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'],
-                             'per_class_iou': r['per_class_iou'], 'teacher_agreement': set_agreement(scorer, folder, tax, p.size), 'guide_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
-    res = {'preset': preset, 'data': p.data, 'student': f'{p.student_arch} (width {p.student_width})', 'student_steps': steps,
-           'budgets': list(budgets), 'seeds': list(seeds), 'guidance': asdict(gcfg), 'l2i': str(l2i), 'runs': runs,
-           'summary': summarise_d3s2(runs),
-           'stage_minutes': {'diffusion training': _l2i_minutes(l2i),
+    t0, p = time.time(), preset if isinstance(preset, Preset) else get_preset(preset)
+    out = d3s2_exp_dir(preset if isinstance(preset, str) else p.data, out)
+    unknown = [r for r in rows if r not in D3S2_ROWS]
+    if unknown: raise ValueError(f"unknown D3S2 rows {unknown}; choose from {list(D3S2_ROWS)}")
+    cached_teacher(p); cached_teacher(p, seed=1)  # trained once, before any worker needs them
+    kw = dict(p=p, budgets=tuple(budgets), rows=tuple(rows), out=out, l2i=l2i or l2i_run_dir(p.data), gcfg=guidance or GuidanceConfig(),
+              steps=student_steps or p.student_steps, sample_steps=sample_steps)
+    workers = max(1, min(workers, len(seeds)))
+    if workers == 1: runs = [x for seed in seeds for x in _d3s2_seed(seed=seed, **kw)]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
+            runs = sorted((x for part in ex.map(_d3s2_worker, [dict(kw, seeds=list(seeds[i::workers])) for i in range(workers)]) for x in part), key=lambda r: seeds.index(r['seed']))
+    res = {'preset': preset if isinstance(preset, str) else asdict(p), 'data': p.data, 'student': f'{p.student_arch} (width {p.student_width})', 'student_steps': kw['steps'],
+           'budgets': list(budgets), 'seeds': list(seeds), 'guidance': asdict(kw['gcfg']), 'l2i': str(kw['l2i']), 'runs': runs, 'summary': summarise_d3s2(runs),
+           'teacher': {k: v for k, v in load_json(cached_teacher(p)[1]/'metrics.json').items() if k in ('miou', 'per_class_iou')},
+           'stage_minutes': {'diffusion training': _l2i_minutes(kw['l2i']),
                              'synthesis (all sets)': round(sum(r.get('synth_s') or 0 for r in runs) / 60, 1),
-                             'students (all runs)': round(sum(r.get('train_s') or 0 for r in runs) / 60, 1)}}
+                             'students (all runs)': round(sum(r.get('train_s') or 0 for r in runs) / 60, 1)},
+           'workers': workers, 'wall_s': round(time.time() - t0, 1)}
     save_json(res, out/f"results-b{'_'.join(map(str, budgets))}-s{'_'.join(map(str, seeds))}.json")
     return load_json(save_result(res, results)) if results else res
 
 # %% ../../nbs/33_exp_d3s2.ipynb #e770052c
-def summarise_d3s2(runs:list)->dict:
-    "Mean and std (over seeds) of mIoU and teacher agreement per (row, budget)."
+def summarise_d3s2(runs:list # run records of `run_d3s2_experiment`
+                  )->dict:
+    "Per (row, budget): mIoU per seed, mean and std, mean per-class IoU (`runs._row_summary`), and the mean teacher agreement."
     keys = sorted({(r['row'], r['budget']) for r in runs}, key=lambda k: (str(k[1]), list(D3S2_ROWS).index(k[0]) if k[0] in D3S2_ROWS else 99))
     out = {}
     for row, b in keys:
         rs = [r for r in runs if r['row'] == row and r['budget'] == b]
-        m = np.array([r['miou'] for r in rs]); ta = [r.get('teacher_agreement') for r in rs if r.get('teacher_agreement') is not None]
-        out[f'{row} @ {b}' if b is not None else row] = {'row': row, 'budget': b, 'n_seeds': len(rs), 'miou_mean': float(m.mean()),
-            'miou_std': float(m.std(ddof=1)) if len(m) > 1 else 0.0, 'teacher_agreement_mean': float(np.mean(ta)) if ta else None}
+        ta = [r.get('teacher_agreement') for r in rs if r.get('teacher_agreement') is not None]
+        out[f'{row} @ {b}' if b is not None else row] = {'row': row, 'budget': b, **_row_summary({r['seed']: r for r in rs}),
+                                                         'teacher_agreement_mean': float(np.mean(ta)) if ta else None}
     return out
 
 # %% ../../nbs/33_exp_d3s2.ipynb #321aa575
@@ -142,3 +161,32 @@ def d3s2_table(res:dict # from `run_d3s2_experiment` (or its results JSON)
         rows.append(f"| {v['row']} | {v['budget'] if v['budget'] is not None else 'all'} | {ni} | "
                     f"{100*v['miou_mean']:.1f} ± {100*v['miou_std']:.1f} (n={v['n_seeds']}) | {dd} | {ta} |")
     return '\n'.join(rows)
+
+# %% ../../nbs/33_exp_d3s2.ipynb #c9b92480
+D3S2_CLAIMS = [('class-balanced selection beats random selection', 'balanced real', 'random real'),
+               ('guided synthesis beats unguided synthesis', 'balanced + guided', 'balanced + unguided'),
+               ('guided synthetic images match the real images of the same masks', 'balanced + guided', 'balanced real')]
+
+def d3s2_seed_miou(res:dict, # from `run_d3s2_experiment` (or its results JSON)
+                   row:str, budget # a row of `D3S2_ROWS`; its budget (ignored for 'full')
+                  )->dict:
+    "seed -> mIoU of one row at one budget."
+    return {r['seed']: r['miou'] for r in res['runs'] if r['row'] == row and (row == 'full' or r['budget'] == budget)}
+
+def d3s2_verdicts(res:dict, data:str=None)->list:
+    "The claims of `D3S2_CLAIMS` at every budget, with their paired stats."
+    return [{'claim': f'{c} (K={b})', 'data': data or res['data'], 'row': row, 'ref': ref, **paired_stats(d3s2_seed_miou(res, row, b), d3s2_seed_miou(res, ref, b))}
+            for b in res['budgets'] for c, row, ref in D3S2_CLAIMS if d3s2_seed_miou(res, row, b) and d3s2_seed_miou(res, ref, b)]
+
+# %% ../../nbs/33_exp_d3s2.ipynb #7240cd40
+def d3s2_report(res:dict # from `run_d3s2_experiment` (or its results JSON)
+               )->str:
+    "Markdown: command and commit, teacher, the table, the claims' paired comparisons, and the mean per-class IoU of every row."
+    runs = {k: {r['seed']: r['miou'] for r in res['runs'] if r['row'] == v['row'] and r['budget'] == v['budget']} for k, v in res['summary'].items()}
+    pairs = [(f'{row} @ {b}', f'{ref} @ {b}') for b in res['budgets'] for _, row, ref in D3S2_CLAIMS] + [(f'balanced + guided @ {b}', 'full') for b in res['budgets']]
+    pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
+    sm = res.get('stage_minutes', {})
+    head = (f"`{res.get('command', '')}` (commit `{res.get('git', '')}`; teacher {100*res['teacher']['miou']:.1f} mIoU; {len(res['seeds'])} paired seeds; "
+            f"{res['student_steps']} steps per student; diffusion training {sm.get('diffusion training')} min, table {res['wall_s']/60:.1f} min)") if 'teacher' in res else ''
+    return '\n\n'.join([head, d3s2_table(res), pairs_table(runs, pairs), 'Mean per-class IoU over seeds:',
+                        per_class_table(({'teacher': res['teacher']} if 'teacher' in res else {}) | pc)])
