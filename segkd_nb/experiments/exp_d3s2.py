@@ -183,7 +183,7 @@ def d3s2_report(res:dict # from `run_d3s2_experiment` (or its results JSON)
                )->str:
     "Markdown: command and commit, teacher, the table, the claims' paired comparisons, and the mean per-class IoU of every row."
     runs = {k: {r['seed']: r['miou'] for r in res['runs'] if r['row'] == v['row'] and r['budget'] == v['budget']} for k, v in res['summary'].items()}
-    pairs = [(f'{row} @ {b}', f'{ref} @ {b}') for b in res['budgets'] for _, row, ref in D3S2_CLAIMS] + [(f'balanced + guided @ {b}', 'full') for b in res['budgets']]
+    pairs = [(f'{row} @ {b}', f'{ref} @ {b}') for b in res['budgets'] for _, row, ref in D3S2_CLAIMS] + [(f'{row} @ {b}', 'full') for b in res['budgets'] for row in ('balanced real', 'balanced + guided')]
     pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
     sm = res.get('stage_minutes', {})
     head = (f"`{res.get('command', '')}` (commit `{res.get('git', '')}`; teacher {100*res['teacher']['miou']:.1f} mIoU; {len(res['seeds'])} paired seeds; "
