@@ -10,7 +10,7 @@ Stages, each resumable and skipped when finished (run them separately to time th
   2. the frozen teachers of seeds 0 (guides the synthesis) and 1 (scores it), cached; trained here when missing
   3. this script                             distilled sets (runs_dir/d3s2-exp-PRESET/sets/) and students (.../students/)
 """
-import argparse, json, os, shlex, sys, time
+import argparse, os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from segkd_nb.d3s2 import GuidanceConfig
 from segkd_nb.experiments.exp_d3s2 import run_d3s2_experiment, d3s2_report, D3S2_ROWS

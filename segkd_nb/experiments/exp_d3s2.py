@@ -18,11 +18,11 @@ from ..train import TrainConfig, evaluate
 from ..kd import build_terms
 from ..l2i import load_l2i
 from ..d3s2 import GuidanceConfig, Guidance, distill_dataset, teacher_agreement, guidance_from_spec, load_distilled
-from ..runs import Preset, get_preset, cached_teacher, run_training, l2i_run_dir, _row_summary
+from ..runs import Preset, get_preset, cached_teacher, run_training, l2i_run_dir, _row_summary, ablation_runs
 
 # %% auto #0
 __all__ = ['D3S2_ROWS', 'D3S2_CLAIMS', 'd3s2_exp_dir', 'd3s2_run_name', 'set_agreement', 'run_d3s2_experiment', 'summarise_d3s2',
-           'd3s2_paired', 'd3s2_table', 'd3s2_seed_miou', 'd3s2_verdicts', 'd3s2_report']
+           'd3s2_seed_miou', 'd3s2_paired', 'd3s2_table', 'd3s2_verdicts', 'd3s2_report']
 
 # %% ../../nbs/33_exp_d3s2.ipynb #9e1871f0
 D3S2_ROWS = {'random real': dict(selection='random', synth='real', guidance=None),
@@ -61,34 +61,36 @@ def set_agreement(scorer, # a segmenter independent of the one that guided synth
     return evaluate(scorer, folder_pairs(folder, tax, transform=SegTransform(tuple(size), train=False)), tax.classes, device='cpu')['miou']
 
 # %% ../../nbs/33_exp_d3s2.ipynb #068a6a74
-def _d3s2_seed(p:Preset, seed:int, budgets:tuple, rows:tuple, out:Path, l2i, gcfg:GuidanceConfig, steps:int, sample_steps:int)->list:
-    "The runs of one seed: the full-set student, then every (budget, row) set and its student."
+def _d3s2_seeds(p:Preset, seeds:list, budgets:tuple, rows:tuple, out:Path, l2i, gcfg:GuidanceConfig, steps:int, sample_steps:int)->list:
+    "The runs of some seeds, each: the full-set student, then every (budget, row) set and its student; data and teachers are loaded once."
     tax = data_taxonomy(p.data)
     train_src, val = load_split(p.data, 'train', size=None, augment=False), load_split(p.data, 'val', p.size)
     size = None if tuple(p.size) == tuple(train_src[0]['mask'].shape) else p.size
+    full = load_split(p.data, 'train', p.size) if 'full' in rows else None  # the full row's augmented training split
     teacher = cached_teacher(p, train=False)[0].eval()   # guides the synthesis
     scorer = cached_teacher(p, seed=1, train=False)[0].eval()  # an independently trained segmenter scores the images: guidance optimised the first one
-    def student(name, ds):
+    def student(name, ds, seed):
         cfg = TrainConfig(steps=steps, batch_size=p.batch_size, lr=p.lr, seed=seed, ckpt_every=100, progress=False)
         return run_training(out/'students'/name, lambda: build_model(p.student_arch, tax.n, width=p.student_width), build_terms('', ce=1.0), ds, val, cfg,
                             tax=tax, meta={'data': p.data, 'experiment': 'd3s2'})
     runs = []
-    if 'full' in rows:
-        r = student(f'full-s{seed}', load_split(p.data, 'train', p.size))
-        runs.append({'row': 'full', 'budget': None, 'seed': seed, 'miou': r['miou'], 'per_class_iou': r['per_class_iou'], 'train_s': r.get('wall_s')})
-    for b, row in [(b, row) for b in budgets for row in rows if row != 'full']:
-        spec, folder = D3S2_ROWS[row], out/'sets'/d3s2_run_name(row, b, seed)
-        prov = distill_dataset(train_src, b, folder, selection=spec['selection'], synth=spec['synth'], seed=seed, steps=sample_steps, size=size,
-                               l2i=l2i if spec['synth'] == 'l2i' else None, guidance=gcfg if spec['guidance'] else None, segmenter=teacher, tax=tax, progress=False)
-        r = student(d3s2_run_name(row, b, seed), load_distilled(folder, transform=SegTransform(p.size, train=True)))
-        runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'], 'per_class_iou': r['per_class_iou'],
-                     'teacher_agreement': set_agreement(scorer, folder, tax, p.size), 'guide_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
+    for seed in seeds:
+        if full is not None:
+            r = student(f'full-s{seed}', full, seed)
+            runs.append({'row': 'full', 'budget': None, 'seed': seed, 'miou': r['miou'], 'per_class_iou': r['per_class_iou'], 'train_s': r.get('wall_s')})
+        for b, row in [(b, row) for b in budgets for row in rows if row != 'full']:
+            spec, folder = D3S2_ROWS[row], out/'sets'/d3s2_run_name(row, b, seed)
+            prov = distill_dataset(train_src, b, folder, selection=spec['selection'], synth=spec['synth'], seed=seed, steps=sample_steps, size=size,
+                                   l2i=l2i if spec['synth'] == 'l2i' else None, guidance=gcfg if spec['guidance'] else None, segmenter=teacher, tax=tax, progress=False)
+            r = student(d3s2_run_name(row, b, seed), load_distilled(folder, transform=SegTransform(p.size, train=True)), seed)
+            runs.append({'row': row, 'budget': b, 'seed': seed, 'n_images': len(prov['items']), 'miou': r['miou'], 'per_class_iou': r['per_class_iou'],
+                         'teacher_agreement': set_agreement(scorer, folder, tax, p.size), 'guide_agreement': prov['teacher_miou'], 'synth_s': prov['time_s'], 'train_s': r.get('wall_s')})
     return runs
 
 def _d3s2_worker(kw:dict)->list:
     "One process of `run_d3s2_experiment`: one thread, some seeds."
     torch.set_num_threads(1)
-    return [x for seed in kw.pop('seeds') for x in _d3s2_seed(seed=seed, **kw)]
+    return _d3s2_seeds(**kw)
 
 # %% ../../nbs/33_exp_d3s2.ipynb #eb92278c
 def run_d3s2_experiment(preset:str|Preset='samples', # data, resolution, teacher and student (a name in `segkd_nb.runs.PRESETS`, or a `Preset`)
@@ -108,17 +110,17 @@ def run_d3s2_experiment(preset:str|Preset='samples', # data, resolution, teacher
     out = d3s2_exp_dir(preset if isinstance(preset, str) else p.data, out)
     unknown = [r for r in rows if r not in D3S2_ROWS]
     if unknown: raise ValueError(f"unknown D3S2 rows {unknown}; choose from {list(D3S2_ROWS)}")
-    cached_teacher(p); cached_teacher(p, seed=1)  # trained once, before any worker needs them
+    t_dir = cached_teacher(p)[1]; cached_teacher(p, seed=1)  # trained once, before any worker needs them
     kw = dict(p=p, budgets=tuple(budgets), rows=tuple(rows), out=out, l2i=l2i or l2i_run_dir(p.data), gcfg=guidance or GuidanceConfig(),
               steps=student_steps or p.student_steps, sample_steps=sample_steps)
     workers = max(1, min(workers, len(seeds)))
-    if workers == 1: runs = [x for seed in seeds for x in _d3s2_seed(seed=seed, **kw)]
+    if workers == 1: runs = _d3s2_seeds(seeds=list(seeds), **kw)
     else:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
             runs = sorted((x for part in ex.map(_d3s2_worker, [dict(kw, seeds=list(seeds[i::workers])) for i in range(workers)]) for x in part), key=lambda r: seeds.index(r['seed']))
     res = {'preset': preset if isinstance(preset, str) else asdict(p), 'data': p.data, 'student': f'{p.student_arch} (width {p.student_width})', 'student_steps': kw['steps'],
            'budgets': list(budgets), 'seeds': list(seeds), 'guidance': asdict(kw['gcfg']), 'l2i': str(kw['l2i']), 'runs': runs, 'summary': summarise_d3s2(runs),
-           'teacher': {k: v for k, v in load_json(cached_teacher(p)[1]/'metrics.json').items() if k in ('miou', 'per_class_iou')},
+           'teacher': {k: v for k, v in load_json(t_dir/'metrics.json').items() if k in ('miou', 'per_class_iou')},
            'stage_minutes': {'diffusion training': _l2i_minutes(kw['l2i']),
                              'synthesis (all sets)': round(sum(r.get('synth_s') or 0 for r in runs) / 60, 1),
                              'students (all runs)': round(sum(r.get('train_s') or 0 for r in runs) / 60, 1)},
@@ -140,13 +142,18 @@ def summarise_d3s2(runs:list # run records of `run_d3s2_experiment`
     return out
 
 # %% ../../nbs/33_exp_d3s2.ipynb #321aa575
+def d3s2_seed_miou(res:dict, # from `run_d3s2_experiment` (or its results JSON)
+                   row:str, budget # a row of `D3S2_ROWS`; its budget (ignored for 'full')
+                  )->dict:
+    "seed -> mIoU of one row at one budget."
+    return {r['seed']: r['miou'] for r in res['runs'] if r['row'] == row and (row == 'full' or r['budget'] == budget)}
+
 def d3s2_paired(res:dict, # from `run_d3s2_experiment` (or its results JSON)
                 row:str, ref:str, # the row, and the row it is compared with
                 budget # the budget both are taken at
-               )->str:
+               )->dict:
     "`paired_stats` of `row` against `ref` at `budget`, over the seeds both have."
-    by = lambda name: {r['seed']: r['miou'] for r in res['runs'] if r['row'] == name and r['budget'] == budget}
-    return paired_stats(by(row), by(ref))
+    return paired_stats(d3s2_seed_miou(res, row, budget), d3s2_seed_miou(res, ref, budget))
 
 # %% ../../nbs/33_exp_d3s2.ipynb #5e00922a
 def d3s2_table(res:dict # from `run_d3s2_experiment` (or its results JSON)
@@ -167,22 +174,16 @@ D3S2_CLAIMS = [('class-balanced selection beats random selection', 'balanced rea
                ('guided synthesis beats unguided synthesis', 'balanced + guided', 'balanced + unguided'),
                ('guided synthetic images match the real images of the same masks', 'balanced + guided', 'balanced real')]
 
-def d3s2_seed_miou(res:dict, # from `run_d3s2_experiment` (or its results JSON)
-                   row:str, budget # a row of `D3S2_ROWS`; its budget (ignored for 'full')
-                  )->dict:
-    "seed -> mIoU of one row at one budget."
-    return {r['seed']: r['miou'] for r in res['runs'] if r['row'] == row and (row == 'full' or r['budget'] == budget)}
-
 def d3s2_verdicts(res:dict, data:str=None)->list:
     "The claims of `D3S2_CLAIMS` at every budget, with their paired stats."
-    return [{'claim': f'{c} (K={b})', 'data': data or res['data'], 'row': row, 'ref': ref, **paired_stats(d3s2_seed_miou(res, row, b), d3s2_seed_miou(res, ref, b))}
+    return [{'claim': f'{c} (K={b})', 'data': data or res['data'], 'row': row, 'ref': ref, **d3s2_paired(res, row, ref, b)}
             for b in res['budgets'] for c, row, ref in D3S2_CLAIMS if d3s2_seed_miou(res, row, b) and d3s2_seed_miou(res, ref, b)]
 
 # %% ../../nbs/33_exp_d3s2.ipynb #7240cd40
 def d3s2_report(res:dict # from `run_d3s2_experiment` (or its results JSON)
                )->str:
     "Markdown: command and commit, teacher, the table, the claims' paired comparisons, and the mean per-class IoU of every row."
-    runs = {k: {r['seed']: r['miou'] for r in res['runs'] if r['row'] == v['row'] and r['budget'] == v['budget']} for k, v in res['summary'].items()}
+    runs = ablation_runs(res)  # row @ budget -> {seed: mIoU}, from the summary
     pairs = [(f'{row} @ {b}', f'{ref} @ {b}') for b in res['budgets'] for _, row, ref in D3S2_CLAIMS] + [(f'{row} @ {b}', 'full') for b in res['budgets'] for row in ('balanced real', 'balanced + guided')]
     pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
     sm = res.get('stage_minutes', {})
