@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
-from ..config import load_settings, seed_everything, save_json, load_json, save_result
+from ..config import load_settings, seed_everything, save_json, load_json, save_result, git_commit
 from ..data import SegTransform, folder_pairs
 from ..datasets import load_split, data_taxonomy
 from ..models import build_model
@@ -106,7 +106,7 @@ def run_d3s2_experiment(preset:str|Preset='samples', # data, resolution, teacher
                         results:str|Path=None # also write the results JSON here
                        )->dict:
     "Distil and train students for every (budget, seed, row); returns per-row mean and std mIoU on real val."
-    t0, p = time.time(), preset if isinstance(preset, Preset) else get_preset(preset)
+    t0, git0, p = time.time(), git_commit(), preset if isinstance(preset, Preset) else get_preset(preset)  # the code the runs start from
     out = d3s2_exp_dir(preset if isinstance(preset, str) else p.data, out)
     unknown = [r for r in rows if r not in D3S2_ROWS]
     if unknown: raise ValueError(f"unknown D3S2 rows {unknown}; choose from {list(D3S2_ROWS)}")
@@ -124,7 +124,7 @@ def run_d3s2_experiment(preset:str|Preset='samples', # data, resolution, teacher
            'stage_minutes': {'diffusion training': _l2i_minutes(kw['l2i']),
                              'synthesis (all sets)': round(sum(r.get('synth_s') or 0 for r in runs) / 60, 1),
                              'students (all runs)': round(sum(r.get('train_s') or 0 for r in runs) / 60, 1)},
-           'workers': workers, 'wall_s': round(time.time() - t0, 1)}
+           'workers': workers, 'wall_s': round(time.time() - t0, 1), 'git': git0}
     save_json(res, out/f"results-b{'_'.join(map(str, budgets))}-s{'_'.join(map(str, seeds))}.json")
     return load_json(save_result(res, results)) if results else res
 

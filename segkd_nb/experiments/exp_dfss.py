@@ -141,13 +141,14 @@ def dfss_separation(teacher:nn.Module, pool:list, size:tuple)->dict:
 def dfss_table(res:dict, # from `dfss_experiment`
                ref:str='kd-original' # the row paired differences are taken from
               )->str:
-    "Markdown: K, the share of in-distribution images selected, mIoU mean ± std, and against `ref` the paired Δ, 95% CI, p and verdict."
+    "Markdown: K, the share of in-distribution pool images selected, mIoU mean ± std, and against `ref` the paired Δ, 95% CI, p and verdict."
     n = len(res['config']['seeds'])
     by_seed = {row: {x['seed']: x['miou'] for x in r['runs']} for row, r in res['rows'].items()}
     lines = [f"| row | K | in-distribution share | mIoU (mean ± std, {n} seeds) | Δ vs {ref} | 95% CI | p | verdict |", '|---|---:|---:|---:|---:|---:|---:|---|']
     for row, r in res['rows'].items():
         dd = 'reference | | |' if row == ref else fmt_paired(paired_stats(by_seed[row], by_seed.get(ref, {})))
-        lines.append(f"| {row} | {r['k']} | {100*r['in_share']:.0f}% | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
+        share = '(the teacher\'s own images)' if row == 'kd-original' else f"{100*r['in_share']:.0f}%"  # not a pool selection
+        lines.append(f"| {row} | {r['k']} | {share} | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
     return '\n'.join(lines)
 
 # %% ../../nbs/32_exp_dfss.ipynb #373771e9
