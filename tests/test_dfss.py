@@ -359,6 +359,8 @@ def test_dfss_experiment_smoke(tmp_path, monkeypatch):
         for s in (0, 1):
             cfg = json.loads((tmp_path/'runs'/f'{row}-s{s}'/'config.json').read_text())
             assert cfg['train']['steps'] == 2 and cfg['train']['seed'] == s  # equal steps, paired seeds
+            m, x = json.loads((tmp_path/'runs'/f'{row}-s{s}'/'metrics.json').read_text()), r['runs'][s]
+            assert (x['git'], x['wall_s']) == (m['git'], m['wall_s'])  # each run's own commit and training time
     assert res['rows']['kd-original']['k'] == 3 and res['rows']['all']['k'] == 8 and res['rows']['ads@0.5']['k'] == 4
     sel = lambda row, s: json.loads((tmp_path/'runs'/f'{row}-s{s}'/'config.json').read_text())['selected']
     assert sel('ads@0.5', 0) == sel('ads@0.5', 1) and sorted(sel('ads@0.5', 0)) == sorted(sel('ads+wdpd@0.5', 0))

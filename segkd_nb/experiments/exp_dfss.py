@@ -67,7 +67,7 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
                              {'wdpd': (1.0, WDPDKDTerm(1.0, sch))}, ds, val_ds, replace(cfg, seed=seed, progress=False), teacher=teacher, tax=tax,
                              meta={'row': row, 'k': info['k'], 'schedule': sch, 'selected': info['selected']})
             out[row].append({'seed': seed, 'miou': m['miou'], 'per_class_iou': m['per_class_iou'], 'k': info['k'],
-                             'in_share': float(np.mean([in_dist(i) for i in info['selected']]))})
+                             'in_share': float(np.mean([in_dist(i) for i in info['selected']])), 'git': m['git'], 'wall_s': m['wall_s']})
     return {'config': {'seeds': list(seeds), 'arch': arch, 'width': width, 'train': asdict(cfg), 'size': list(size)}, 'rows': {r: _dfss_row(v) for r, v in out.items()}}
 
 # %% ../../nbs/32_exp_dfss.ipynb #b3a18d90
