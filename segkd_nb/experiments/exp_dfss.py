@@ -20,7 +20,7 @@ from ..runs import run_training, get_preset, cached_teacher
 
 # %% auto #0
 __all__ = ['DFSS_KS', 'dfss_rows', 'dfss_experiment', 'dfss_pool', 'run_dfss_protocol', 'dfss_separation', 'dfss_table',
-           'dfss_verdicts', 'auroc_table']
+           'dfss_cost', 'dfss_verdicts', 'auroc_table']
 
 # %% ../../nbs/32_exp_dfss.ipynb #2f9a6cf9
 DFSS_KS = (0.05, 0.1, 0.25)
@@ -150,6 +150,14 @@ def dfss_table(res:dict, # from `dfss_experiment`
         share = '(the teacher\'s own images)' if row == 'kd-original' else f"{100*r['in_share']:.0f}%"  # not a pool selection
         lines.append(f"| {row} | {r['k']} | {share} | {100*r['miou_mean']:.1f} ± {100*r['miou_std']:.1f} | {dd} |")
     return '\n'.join(lines)
+
+# %% ../../nbs/32_exp_dfss.ipynb #71c26242
+def dfss_cost(res:dict # from `run_dfss_protocol`
+             )->str:
+    "The table's wall time, and how many of its runs were read back from another commit's invocation (their time is not in it)."
+    runs = [x for r in res['rows'].values() for x in r['runs']]
+    old = [x['git'].split('+')[0] for x in runs if x.get('git', res['git']).split('+')[0] != res['git'].split('+')[0]]
+    return f"{res['wall_s']/60:.0f} min" + (f" for {len(runs) - len(old)} of {len(runs)} runs; {len(old)} read back from commit {', '.join(sorted(set(old)))}" if old else '')
 
 # %% ../../nbs/32_exp_dfss.ipynb #373771e9
 def dfss_verdicts(res:dict, data:str=None)->list:
