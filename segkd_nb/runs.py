@@ -115,7 +115,7 @@ def _report(run_dir:Path, hist:list, metrics:dict):
     save_json(hist, run_dir/'history.json')
     fig, ax = plt.subplots(figsize=(4, 2.6)); show_history(hist, ax=ax, title=run_dir.name); fig.tight_layout()
     fig.savefig(run_dir/'loss.png', dpi=80); plt.close(fig)
-    md = [f"# {run_dir.name}", '', f"`{command_line()}` at {git_commit()}", '']
+    md = [f"# {run_dir.name}", '', f"`{command_line()}` at {metrics.get('git') or git_commit()}", '']
     if 'miou' in metrics: md += [per_class_table({run_dir.name: metrics}), '']
     (run_dir/'report.md').write_text('\n'.join(md + ['![loss](loss.png)']) + '\n')
 
@@ -144,10 +144,11 @@ def run_training(run_dir:str|Path, # the run's folder
         if done is not None: print(f"{run_dir}: done (mIoU {100*done['miou']:.1f}), skipped"); return done
         tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})}, callbacks=callbacks)
         tr.check_resume(run_dir/'last.pt')  # refuses a different run before anything is written
-        if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git_commit(), **key}, run_dir/'config.json')
+        git0 = git_commit()  # the code this run starts from (a commit made while it trains is not its code)
+        if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git0, **key}, run_dir/'config.json')
         t0 = time.time(); hist = tr.fit(train_ds, sample_weights=sample_weights); wall = time.time() - t0
         metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers, **(eval_kw or {})) if val_ds is not None else {}
-        metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': run_dir.name, 'git': git_commit()}
+        metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': run_dir.name, 'git': git0}
         if is_main(): _report(run_dir, hist, metrics); save_json(metrics, run_dir/'metrics.json')
         return metrics
 
@@ -167,11 +168,15 @@ def _prepare_row(run_dir:Path, model, terms, cfg:TrainConfig, teacher, tax, meta
     return None, tr
 
 # %% ../nbs/30_runs.ipynb #501f4c42
+def _start_commit(run_dir:Path)->str:
+    "The commit a run started from, as its config.json records it (the current one if there is none)."
+    return load_json(run_dir/'config.json').get('git') if (run_dir/'config.json').exists() else git_commit()
+
 def _finish_row(tr:Trainer, val_ds, tax, wall:float)->dict:
     "Evaluate a trained row and write its metrics, history, figure and report."
     cfg, rd = tr.cfg, tr.run_dir
     metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers) if val_ds is not None else {}
-    metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': rd.name, 'git': git_commit()}
+    metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': rd.name, 'git': _start_commit(rd)}
     if is_main(): _report(rd, tr.history, metrics); save_json(metrics, rd/'metrics.json')
     return metrics
 

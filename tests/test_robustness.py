@@ -174,3 +174,32 @@ def test_full_disk_gets_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(synth, 'generate_samples', full)
     code, err = run_cli(['data', 'generate', '--out', tmp_path/'x'], capsys)
     assert code == 2 and 'no space left on the device writing' in err and 'train_0000.png' in err and 'Traceback' not in err
+
+
+class _Dirtying(torch.utils.data.Dataset):
+    "A dataset that edits a tracked file of the repository the first time it is read: a commit's tree made dirty mid-training."
+    def __init__(self, ds, path): self.ds, self.path, self.done = ds, path, False
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i):
+        if not self.done: self.path.write_text('edited while a run trains\n'); self.done = True
+        return self.ds[i]
+    def __getattr__(self, n): return getattr(self.__dict__['ds'], n)
+
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    from segkd_nb.runs import run_training, run_rows
+    from segkd_nb.datasets import load_split
+    from segkd_nb.kd import build_terms
+    from segkd_nb.train import TrainConfig
+    repo = tmp_path/'repo'; repo.mkdir(); (repo/'code.py').write_text('x = 1\n')
+    git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    git('init', '-q'); git('add', 'code.py'); git('commit', '-qm', 'c'); head = git('rev-parse', '--short=12', 'HEAD')
+    val = load_split('samples', 'val', (24, 32)).subset([0, 1])  # read before leaving the kit's folder
+    monkeypatch.chdir(repo)  # git_commit() asks the repository of the working folder
+    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-3, device='cpu', progress=False)
+    m = run_training(repo/'runs'/'one', lambda: build_model('tiny_s', val.tax.n, width=8), build_terms('', ce=1.0), _Dirtying(val, repo/'code.py'), val, cfg, tax=val.tax)
+    assert git('status', '--porcelain', '--untracked-files=no')  # the tree did become dirty during the run
+    assert m['git'] == head == json.loads((repo/'runs'/'one'/'config.json').read_text())['git']  # not head+'+dirty'
+    git('checkout', '--', 'code.py')
+    rows = {n: dict(run_dir=repo/'runs'/n, model=lambda: build_model('tiny_s', val.tax.n, width=8), terms=build_terms('', ce=1.0)) for n in ('a', 'b')}
+    out = run_rows(rows, _Dirtying(val, repo/'code.py'), val, cfg, tax=val.tax)
+    assert git('status', '--porcelain', '--untracked-files=no') and [out[n]['git'] for n in 'ab'] == [head, head]
