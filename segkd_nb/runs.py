@@ -23,7 +23,7 @@ from . import baselines, gskd, dfss  # their loss terms join the registry
 # %% auto #0
 __all__ = ['PRESETS', 'Preset', 'get_preset', 'preset_split', 'preset_cfg', 'run_lock', 'run_key', 'run_done', 'run_training',
            'run_rows', 'teacher_config', 'teacher_dir', 'cached_teacher', 'camvid_check', 'l2i_run_dir', 'd3s2_run_dir',
-           'parse_row', 'ablate', 'ablate_parallel', 'ablation_runs', 'ablation_report']
+           'parse_row', 'ablate', 'ablate_parallel', 'ablation_runs', 'summary_per_class', 'ablation_report']
 
 # %% ../nbs/30_runs.ipynb #75be7b51
 @dataclass
@@ -322,6 +322,10 @@ def ablation_runs(res:dict)->dict:
     "row -> {seed: mIoU} of an `ablate` result."
     return {n: {int(s): v for s, v in r['miou'].items()} for n, r in res['summary'].items()}
 
+def summary_per_class(res:dict)->dict:
+    "row -> {'per_class_iou', 'miou'} of a result's summary (means over seeds): the input of `per_class_table`."
+    return {n: {'per_class_iou': r['per_class_iou'], 'miou': r['miou_mean']} for n, r in res['summary'].items()}
+
 def ablation_report(res:dict, # an `ablate` result (or its JSON file's content)
                     pairs:list=(), # extra (row, reference) comparisons
                     per_class:bool=True # add the mean per-class IoU table
@@ -332,6 +336,5 @@ def ablation_report(res:dict, # an `ablate` result (or its JSON file's content)
           f"{len(res['seeds'])} paired seeds; {res['wall_s']/60:.1f} min)\n\n" + paired_table(runs, res['ref'] or next(iter(runs))))
     if pairs: md += '\n\n' + pairs_table(runs, pairs)
     if per_class:
-        pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
-        md += "\n\nMean per-class IoU over seeds:\n\n" + per_class_table({'teacher': res['teacher'], **pc})
+        md += "\n\nMean per-class IoU over seeds:\n\n" + per_class_table({'teacher': res['teacher'], **summary_per_class(res)})
     return md

@@ -18,7 +18,7 @@ from ..train import TrainConfig, evaluate
 from ..kd import build_terms
 from ..l2i import load_l2i
 from ..d3s2 import GuidanceConfig, Guidance, distill_dataset, teacher_agreement, guidance_from_spec, load_distilled
-from ..runs import Preset, get_preset, cached_teacher, run_training, l2i_run_dir, _row_summary, ablation_runs
+from ..runs import Preset, get_preset, cached_teacher, run_training, l2i_run_dir, _row_summary, ablation_runs, summary_per_class
 
 # %% auto #0
 __all__ = ['D3S2_ROWS', 'D3S2_CLAIMS', 'd3s2_exp_dir', 'd3s2_run_name', 'set_agreement', 'run_d3s2_experiment', 'summarise_d3s2',
@@ -185,9 +185,8 @@ def d3s2_report(res:dict # from `run_d3s2_experiment` (or its results JSON)
     "Markdown: command and commit, teacher, the table, the claims' paired comparisons, and the mean per-class IoU of every row."
     runs = ablation_runs(res)  # row @ budget -> {seed: mIoU}, from the summary
     pairs = [(f'{row} @ {b}', f'{ref} @ {b}') for b in res['budgets'] for _, row, ref in D3S2_CLAIMS] + [(f'{row} @ {b}', 'full') for b in res['budgets'] for row in ('balanced real', 'balanced + guided')]
-    pc = {k: {'per_class_iou': v['per_class_iou'], 'miou': v['miou_mean']} for k, v in res['summary'].items()}
     sm = res.get('stage_minutes', {})
     head = (f"`{res.get('command', '')}` (commit `{res.get('git', '')}`; teacher {100*res['teacher']['miou']:.1f} mIoU; {len(res['seeds'])} paired seeds; "
             f"{res['student_steps']} steps per student; diffusion training {sm.get('diffusion training')} min, table {res['wall_s']/60:.1f} min)") if 'teacher' in res else ''
     return '\n\n'.join([head, d3s2_table(res), pairs_table(runs, pairs), 'Mean per-class IoU over seeds:',
-                        per_class_table(({'teacher': res['teacher']} if 'teacher' in res else {}) | pc)])
+                        per_class_table(({'teacher': res['teacher']} if 'teacher' in res else {}) | summary_per_class(res))])
