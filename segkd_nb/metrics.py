@@ -13,7 +13,7 @@ from .datasets import load_split
 
 # %% auto #0
 __all__ = ['ConfusionMatrix', 'per_class_table', 'show_confusion', 'paired_stats', 'fmt_p', 'fmt_paired', 'paired_table',
-           'pairs_table', 'location_prior', 'colour_lut', 'colour_predict', 'location_prior_miou']
+           'pairs_table', 'verdict_list', 'location_prior', 'colour_lut', 'colour_predict', 'location_prior_miou']
 
 # %% ../nbs/03_metrics.ipynb #6961780b
 class ConfusionMatrix:
@@ -154,6 +154,13 @@ def pairs_table(runs:dict, # row -> {seed: value} (fractions)
         s = paired_stats(runs[row], runs[ref])
         lines.append(f"| {row} − {ref} | {fmt_paired(s)} | {s['n']} |")
     return '\n'.join(lines)
+
+# %% ../nbs/03_metrics.ipynb #b77890c0
+def verdict_list(vs:list, # claims: dicts with 'claim' and the fields of `paired_stats` (values are fractions)
+                 scale:float=100 # multiply (100: fractions to points)
+                )->str:
+    "Markdown list: one line per claim, 'claim: Δ [95% CI], verdict'."
+    return '\n'.join(f"- {v['claim']}: {scale*v['mean']:+.1f} [{scale*v['ci'][0]:+.1f}, {scale*v['ci'][1]:+.1f}], {v['verdict']}" for v in vs)
 
 # %% ../nbs/03_metrics.ipynb #1c0146c4
 def location_prior(masks:torch.Tensor, # [N,H,W] training masks (255 = ignore)

@@ -115,7 +115,7 @@ def _report(run_dir:Path, hist:list, metrics:dict):
     save_json(hist, run_dir/'history.json')
     fig, ax = plt.subplots(figsize=(4, 2.6)); show_history(hist, ax=ax, title=run_dir.name); fig.tight_layout()
     fig.savefig(run_dir/'loss.png', dpi=80); plt.close(fig)
-    md = [f"# {run_dir.name}", '', f"`{command_line()}` at {metrics.get('git') or git_commit()}", '']
+    md = [f"# {run_dir.name}", '', f"`{command_line()}` at {metrics['git']}", '']
     if 'miou' in metrics: md += [per_class_table({run_dir.name: metrics}), '']
     (run_dir/'report.md').write_text('\n'.join(md + ['![loss](loss.png)']) + '\n')
 

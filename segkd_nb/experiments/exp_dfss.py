@@ -155,8 +155,9 @@ def dfss_table(res:dict, # from `dfss_experiment`
 def dfss_cost(res:dict # from `run_dfss_protocol`
              )->str:
     "The table's wall time, and how many of its runs were read back from another commit's invocation (their time is not in it)."
+    commit = lambda g: g.split('+')[0]  # a dirty tree of a commit is that commit
     runs = [x for r in res['rows'].values() for x in r['runs']]
-    old = [x['git'].split('+')[0] for x in runs if x.get('git', res['git']).split('+')[0] != res['git'].split('+')[0]]
+    old = [commit(x['git']) for x in runs if commit(x.get('git', res['git'])) != commit(res['git'])]
     return f"{res['wall_s']/60:.0f} min" + (f" for {len(runs) - len(old)} of {len(runs)} runs; {len(old)} read back from commit {', '.join(sorted(set(old)))}" if old else '')
 
 # %% ../../nbs/32_exp_dfss.ipynb #373771e9
