@@ -273,13 +273,14 @@ def ablate(rows:list, # 'NAME=LOSS' strings (LOSS a loss spec; '' = the student 
            seeds:list=(0, 1, 2), # paired seeds
            name:str='ablation', # folder under runs_dir
            steps:int=None, # student steps (default: the preset)
+           width:int=None, # student width (default: the preset)
            train_split:str='train', eval_split:str='val', # where rows train and are scored
            ref:str=None, # the row the table's Δ column is taken from
            ce:float=1.0, # cross-entropy weight in every row (unless its spec has a `ce` term)
            out:str|Path=None # write the result JSON here (with command and commit)
           )->dict:
     "Run every row with every seed (staged, rows of a seed in lockstep) and summarise."
-    p = get_preset(preset, student_steps=steps); tax = data_taxonomy(p.data)
+    p = get_preset(preset, student_steps=steps, student_width=width); tax = data_taxonomy(p.data)
     teacher, t_dir = cached_teacher(p)
     train_ds, eval_ds = preset_split(p, train_split), preset_split(p, eval_split)
     parsed = [parse_row(r) for r in rows]; runs = {n: {} for n, _ in parsed}

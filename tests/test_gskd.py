@@ -330,3 +330,25 @@ def test_release_row_trains_exactly_like_kd():
         if spec != 'kd': assert logs['gskd'] > 0
     rel = [k for k in out if k != 'kd'][0]
     assert all(torch.equal(out['kd'][k], out[rel][k]) for k in out['kd'])
+
+# ---------------------------------------------------------------- the capacity pilot (why KD shows no effect on CamVid)
+def test_capacity_pilot_trains_each_width_against_one_teacher(tmp_path, monkeypatch):
+    "Each width's runs build a student of that width; the teacher's val score equals the one written when it was trained."
+    import json
+    from segkd_nb import runs
+    from segkd_nb.datasets import data_taxonomy
+    from segkd_nb.experiments.exp_gskd import capacity_pilot, capacity_runs, capacity_report
+    monkeypatch.setenv('SEGKD_RUNS_DIR', str(tmp_path/'runs')); monkeypatch.setenv('SEGKD_CACHE_DIR', str(tmp_path/'cache'))
+    monkeypatch.setitem(runs.PRESETS, 'tiny', runs.get_preset('samples', teacher_steps=2, teacher_width=8, batch_size=2, student_steps=2, size=(32, 48)))
+    res = capacity_pilot('tiny', widths=(4, 6), seeds=(0, 1), workers=1)
+    for w in (4, 6):
+        cfg = json.loads((tmp_path/'runs'/f'capacity-tiny-w{w}'/'kd-s1'/'config.json').read_text())
+        assert cfg['width'] == w and cfg['arch'] == 'tiny_s'
+        n_params = sum(p.numel() for p in build_model('tiny_s', data_taxonomy('samples').n, width=w).parameters())
+        ck = torch.load(tmp_path/'runs'/f'capacity-tiny-w{w}'/'student-s0'/'last.pt', weights_only=True)
+        assert sum(v.numel() for k, v in ck['model'].items() if 'running' not in k and 'num_batches' not in k) == n_params
+    t_dir = tmp_path/'cache'/res['tables']['4']['teacher']['dir']
+    assert res['teacher_splits']['val']['miou'] == pytest.approx(json.loads((t_dir/'metrics.json').read_text())['miou'], abs=1e-9)
+    assert set(res['teacher_splits']) == {'train', 'holdout', 'val'}
+    assert set(capacity_runs(res)) == {f'w{w} {r}' for w in (4, 6) for r in ('student', 'kd', 'dist', 'cwd')}
+    assert '| w6 cwd − w6 student |' in capacity_report({**res, 'command': 'x'})

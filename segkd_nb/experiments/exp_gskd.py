@@ -9,15 +9,16 @@ import torch
 from ..config import git_commit, load_settings, load_json, save_result, seed_everything
 from ..datasets import load_split, data_taxonomy
 from ..models import build_model
-from ..metrics import paired_stats, paired_table
-from ..train import TrainConfig
+from ..metrics import paired_stats, paired_table, pairs_table, per_class_table
+from ..train import TrainConfig, evaluate
 from ..kd import build_terms
 from ..gskd import gskd_snapshots
-from ..runs import get_preset, cached_teacher, run_training, ablate_parallel, ablation_runs, ablation_report, parse_row
+from ..runs import get_preset, cached_teacher, run_training, ablate_parallel, ablation_runs, ablation_report, parse_row, summary_per_class
 
 # %% auto #0
-__all__ = ['GSKD_BASES', 'GSKD_PAIRS', 'gskd_rows', 'best_row', 'run_gskd_protocol', 'gskd_verdicts', 'teacher_gap',
-           'gskd_report', 'gskd_demo']
+__all__ = ['GSKD_BASES', 'GSKD_PAIRS', 'CAPACITY_ROWS', 'gskd_rows', 'best_row', 'run_gskd_protocol', 'gskd_verdicts',
+           'teacher_gap', 'gskd_report', 'teacher_splits', 'capacity_pilot', 'capacity_runs', 'capacity_report',
+           'gskd_demo']
 
 # %% ../../nbs/31_exp_gskd.ipynb #5797d680
 GSKD_BASES = ('kd', 'cwd', 'dist', 'cirkd')
@@ -87,6 +88,51 @@ def gskd_report(res:dict, # a `run_gskd_protocol` result
         f"KD temperature sweep on {res['sweeps']['tau']['eval_split']} ({len(res['sweeps']['tau']['seeds'])} paired seeds): chosen T = {res['kd_tau']:g}\n\n" + sw(res['sweeps']['tau']),
         f"GSKD weight sweep on KD (T = {res['kd_tau']:g}): chosen W = {res['gskd_w']:g}\n\n" + sw(res['sweeps']['w']),
         f"The table (teacher {100*res['table']['teacher']['miou']:.1f} mIoU, {teacher_gap(res):.1f} points above the student alone): " + ablation_report({**res['table'], 'command': res['command'], 'git': res['git']}, GSKD_PAIRS)])
+
+# %% ../../nbs/31_exp_gskd.ipynb #0a8dce94
+def teacher_splits(preset:str='camvid-cpu', # the preset whose cached teacher is scored
+                   splits:tuple=('train', 'holdout', 'val') # where, unaugmented, at the preset's size
+                  )->dict:
+    "The cached teacher's mIoU and per-class IoU on each split (on train: how much of it the teacher has memorised)."
+    p = get_preset(preset); tax = data_taxonomy(p.data); teacher, _ = cached_teacher(p)
+    ev = lambda s: evaluate(teacher, load_split(p.data, s, p.size, augment=False), tax.classes)
+    return {s: {k: v for k, v in ev(s).items() if k in ('miou', 'per_class_iou')} for s in splits}
+
+# %% ../../nbs/31_exp_gskd.ipynb #6109146b
+CAPACITY_ROWS = ('kd', 'dist', 'cwd')  # each compared with the student alone at the same width
+
+def capacity_pilot(preset:str='camvid-cpu', # teacher, data and schedule
+                   widths:tuple=(6, 8, 12), # student widths (the preset's own is 12)
+                   seeds:tuple=tuple(range(8)), # paired seeds
+                   kd_tau:float=2.0, # KD's temperature (the GSKD CamVid sweep's choice)
+                   workers:int=2, # processes (one thread each)
+                   out=None # the results file
+                  )->dict:
+    "At each student width, a paired table of the student alone, KD, DIST and CWD; and the teacher on each split."
+    t0, git0 = time.time(), git_commit()  # the commit the runs start from
+    rows = ['student=', f'kd=kd:tau={kd_tau:g}', 'dist=dist', 'cwd=cwd']
+    tables = {str(w): ablate_parallel(rows, preset, seeds, workers, width=w, name=f'capacity-{preset}-w{w}', ref='student') for w in widths}
+    res = {'preset': preset, 'widths': list(widths), 'kd_tau': kd_tau, 'seeds': list(seeds), 'tables': tables,
+           'teacher_splits': teacher_splits(preset), 'wall_s': round(time.time() - t0, 1), 'git': git0}
+    return load_json(save_result(res, out)) if out else res
+
+# %% ../../nbs/31_exp_gskd.ipynb #24a7709d
+def capacity_runs(res:dict # a `capacity_pilot` result
+                 )->dict:
+    "'w{width} {row}' -> {seed: mIoU}, over every width's table."
+    return {f'w{w} {n}': by for w, t in res['tables'].items() for n, by in ablation_runs(t).items()}
+
+def capacity_report(res:dict # a `capacity_pilot` result
+                   )->str:
+    "Markdown: the teacher on each split, the gap at each width, each distillation loss against the student alone, per-class IoU."
+    ts, tabs = res['teacher_splits'], res['tables']
+    gaps = [f"| {w} | {100*t['summary']['student']['miou_mean']:.1f} ± {100*t['summary']['student']['miou_std']:.1f} | {teacher_gap({'table': t}):.1f} |" for w, t in tabs.items()]
+    pairs = [(f'w{w} {r}', f'w{w} student') for w in tabs for r in CAPACITY_ROWS]
+    pc = {f'teacher ({s})': v for s, v in ts.items()} | {f'w{w} {n}': v for w, t in tabs.items() for n, v in summary_per_class(t).items() if n in ('student', 'kd')}
+    return '\n\n'.join([f"`{res['command']}` (commit `{res['git']}`, {res['wall_s']/60:.0f} min; {len(res['seeds'])} paired seeds; KD at T = {res['kd_tau']:g}). "
+                         f"Teacher mIoU on " + ', '.join(f"{s} {100*v['miou']:.1f}" for s, v in ts.items()) + '.',
+                         '| student width | student alone (mIoU, mean ± std) | teacher − student |\n|---:|---:|---:|\n' + '\n'.join(gaps),
+                         pairs_table(capacity_runs(res), pairs), 'Mean per-class IoU (students: over seeds):\n\n' + per_class_table(pc)])
 
 # %% ../../nbs/31_exp_gskd.ipynb #7a7d2aee
 def gskd_demo(preset:str='samples', steps:int=300, keep_every:int=75, w:float=10.0, n_per_class:int=8, points:int=5, image_index:int=12, out=None)->dict:
