@@ -14,20 +14,18 @@ import argparse, os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from segkd_nb.d3s2 import GuidanceConfig
 from segkd_nb.experiments.exp_d3s2 import run_d3s2_experiment, d3s2_report, D3S2_ROWS
-
-def _list(s, f): return tuple(f(v) for v in s.split(','))
+from segkd_nb.cli import _numbers, _count_or_fraction
 
 def main():  # under the main guard: the worker processes are spawned and import this file
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--preset', default='samples'); ap.add_argument('--budgets', default='0.1')
-    ap.add_argument('--seeds', default='0,1,2,3,4,5,6,7'); ap.add_argument('--workers', type=int, default=2, help='processes, one thread each'); ap.add_argument('--rows', default=','.join(D3S2_ROWS))
+    ap.add_argument('--preset', default='samples'); ap.add_argument('--budgets', type=_numbers(_count_or_fraction), default='0.1', help='comma-separated pool fractions (0.05) or counts (40)')
+    ap.add_argument('--seeds', type=_numbers(int), default='0,1,2,3,4,5,6,7'); ap.add_argument('--workers', type=int, default=2, help='processes, one thread each'); ap.add_argument('--rows', type=_numbers(str), default=','.join(D3S2_ROWS))
     ap.add_argument('--student-steps', type=int); ap.add_argument('--sample-steps', type=int, default=20)
     ap.add_argument('--l2i', help='l2i model folder (default: runs_dir/l2i-DATA)'); ap.add_argument('--out', help='results JSON to write')
     ap.add_argument('--scale', type=float, help='step size of the guided row (default: GuidanceConfig().scale)')
     ap.add_argument('--exp-dir', help='experiment folder (default: runs_dir/d3s2-exp-PRESET); use a new one when the settings change')
     a = ap.parse_args()
-    res = run_d3s2_experiment(a.preset, budgets=_list(a.budgets, lambda v: float(v) if '.' in v else int(v)), seeds=_list(a.seeds, int),
-                              rows=_list(a.rows, str), l2i=a.l2i, student_steps=a.student_steps, sample_steps=a.sample_steps, results=a.out,
+    res = run_d3s2_experiment(a.preset, budgets=a.budgets, seeds=a.seeds, rows=a.rows, l2i=a.l2i, student_steps=a.student_steps, sample_steps=a.sample_steps, results=a.out,
                               out=a.exp_dir, guidance=GuidanceConfig(scale=a.scale) if a.scale is not None else None, workers=a.workers)
     print(d3s2_report(res))
 

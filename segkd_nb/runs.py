@@ -119,6 +119,34 @@ def _report(run_dir:Path, hist:list, metrics:dict):
     if 'miou' in metrics: md += [per_class_table({run_dir.name: metrics}), '']
     (run_dir/'report.md').write_text('\n'.join(md + ['![loss](loss.png)']) + '\n')
 
+# %% ../nbs/30_runs.ipynb #48ea89eb
+def _prepare_row(run_dir:Path, model, terms, cfg:TrainConfig, teacher, tax, meta:dict, callbacks:list=()):
+    "(metrics, None) for a finished run, else (None, its Trainer resumed from the folder); writes config.json after the resume check."
+    seed_everything(cfg.seed)
+    model = model() if callable(model) and not isinstance(model, nn.Module) else model
+    terms = terms(model) if callable(terms) else terms
+    key = run_key(model, terms, cfg, meta)
+    done = run_done(run_dir, key)
+    if done is not None: return done, None
+    tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})}, callbacks=callbacks)
+    tr.check_resume(run_dir/'last.pt')  # refuses a different run before anything is written
+    if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git_commit(), **key}, run_dir/'config.json')
+    if tr.resume(run_dir/'last.pt') and is_main() and tr.step < cfg.steps: print(f"resumed from {run_dir/'last.pt'} at step {tr.step}")
+    return None, tr
+
+# %% ../nbs/30_runs.ipynb #fe39728f
+def _start_commit(run_dir:Path)->str:
+    "The commit a run started from, as its config.json records it (the current one if there is none): a commit made while it trains is not its code."
+    return load_json(run_dir/'config.json').get('git') if (run_dir/'config.json').exists() else git_commit()
+
+def _finish_row(tr:Trainer, val_ds, tax, wall:float, eval_kw:dict=None)->dict:
+    "Evaluate a trained row and write its metrics, history, figure and report."
+    cfg, rd = tr.cfg, tr.run_dir
+    metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers, **(eval_kw or {})) if val_ds is not None else {}
+    metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': rd.name, 'git': _start_commit(rd)}
+    if is_main(): _report(rd, tr.history, metrics); save_json(metrics, rd/'metrics.json')
+    return metrics
+
 # %% ../nbs/30_runs.ipynb #cbeca335
 def run_training(run_dir:str|Path, # the run's folder
                  model, # the model to train, or a function that builds it (called after seeding)
@@ -136,50 +164,12 @@ def run_training(run_dir:str|Path, # the run's folder
     "Train, evaluate and write a run folder; skip when already done."
     run_dir, cfg = Path(run_dir), cfg or TrainConfig()
     with run_lock(run_dir):
-        seed_everything(cfg.seed)
-        model = model() if callable(model) and not isinstance(model, nn.Module) else model
-        terms = terms(model) if callable(terms) else terms
-        key = run_key(model, terms, cfg, meta)
-        done = run_done(run_dir, key)
+        done, tr = _prepare_row(run_dir, model, terms, cfg, teacher, tax, meta, callbacks)
         if done is not None: print(f"{run_dir}: done (mIoU {100*done['miou']:.1f}), skipped"); return done
-        tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})}, callbacks=callbacks)
-        tr.check_resume(run_dir/'last.pt')  # refuses a different run before anything is written
-        git0 = git_commit()  # the code this run starts from (a commit made while it trains is not its code)
-        if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git0, **key}, run_dir/'config.json')
-        t0 = time.time(); hist = tr.fit(train_ds, sample_weights=sample_weights); wall = time.time() - t0
-        metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers, **(eval_kw or {})) if val_ds is not None else {}
-        metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': run_dir.name, 'git': git0}
-        if is_main(): _report(run_dir, hist, metrics); save_json(metrics, run_dir/'metrics.json')
-        return metrics
-
-# %% ../nbs/30_runs.ipynb #48ea89eb
-def _prepare_row(run_dir:Path, model, terms, cfg:TrainConfig, teacher, tax, meta:dict):
-    "(metrics, None) for a finished row, else (None, its Trainer resumed from the folder); writes config.json after the resume check."
-    seed_everything(cfg.seed)
-    model = model() if callable(model) and not isinstance(model, nn.Module) else model
-    terms = terms(model) if callable(terms) else terms
-    key = run_key(model, terms, cfg, meta)
-    done = run_done(run_dir, key)
-    if done is not None: return done, None
-    tr = Trainer(model, terms, cfg, teacher=teacher, run_dir=run_dir, taxonomy=tax, meta={'name': run_dir.name, 'run_hash': config_hash(key), **(meta or {})})
-    tr.check_resume(run_dir/'last.pt')
-    if is_main(): save_json({'hash': config_hash(key), 'command': command_line(), 'git': git_commit(), **key}, run_dir/'config.json')
-    tr.resume(run_dir/'last.pt')
-    return None, tr
+        t0 = time.time(); tr.fit(train_ds, resume=False, sample_weights=sample_weights)  # resumed by `_prepare_row`
+        return _finish_row(tr, val_ds, tax, time.time() - t0, eval_kw)
 
 # %% ../nbs/30_runs.ipynb #501f4c42
-def _start_commit(run_dir:Path)->str:
-    "The commit a run started from, as its config.json records it (the current one if there is none)."
-    return load_json(run_dir/'config.json').get('git') if (run_dir/'config.json').exists() else git_commit()
-
-def _finish_row(tr:Trainer, val_ds, tax, wall:float)->dict:
-    "Evaluate a trained row and write its metrics, history, figure and report."
-    cfg, rd = tr.cfg, tr.run_dir
-    metrics = evaluate(tr.model, val_ds, tax.classes if tax else None, device=tr.device, precision=cfg.precision, num_workers=cfg.num_workers) if val_ds is not None else {}
-    metrics |= {'seed': cfg.seed, 'wall_s': round(wall, 1), 'steps': cfg.steps, 'run': rd.name, 'git': _start_commit(rd)}
-    if is_main(): _report(rd, tr.history, metrics); save_json(metrics, rd/'metrics.json')
-    return metrics
-
 def run_rows(rows:dict, # row name -> dict(run_dir=, model=, terms=, teacher=, meta=) (model and terms as for `run_training`)
              train_ds, val_ds, # shared data
              cfg:TrainConfig, # shared settings (one seed)
