@@ -49,18 +49,19 @@ def run_gskd_protocol(preset:str='samples', # data, models, schedules
                       weights:tuple=(1, 3, 10), # GSKD weights tried (on KD at the chosen temperature)
                       workers:int=2, # processes (one thread each)
                       steps:int=None, # student steps (default: the preset's)
+                      width:int=None, # student width (default: the preset's)
                       name:str=None, # run folders under runs_dir (default: gskd-PRESET)
                       out=None # the results file
                      )->dict:
     "Sweep KD's temperature, then GSKD's weight, on the held-out split; then the paired table on val."
-    name, t0, git0 = name or f'gskd-{preset}', time.time(), git_commit()  # the commit the runs start from
-    s_tau = ablate_parallel([f'kd-t{t:g}=kd:tau={t:g}' for t in taus], preset, sweep_seeds, workers, name=f'{name}-sweep', eval_split='holdout', ref=f'kd-t{taus[0]:g}', steps=steps)
+    name, t0, git0 = name or f'gskd-{preset}' + (f'-w{width}' if width else ''), time.time(), git_commit()  # the commit the runs start from
+    s_tau = ablate_parallel([f'kd-t{t:g}=kd:tau={t:g}' for t in taus], preset, sweep_seeds, workers, name=f'{name}-sweep', eval_split='holdout', ref=f'kd-t{taus[0]:g}', steps=steps, width=width)
     tau = float(best_row(s_tau, [f'kd-t{t:g}' for t in taus])[4:])
     s_w = ablate_parallel([f'kd-t{tau:g}=kd:tau={tau:g}'] + [f'kd+gskd-w{w:g}=kd:tau={tau:g}+gskd:w={w:g}' for w in weights], preset, sweep_seeds, workers,
-                          name=f'{name}-sweep', eval_split='holdout', ref=f'kd-t{tau:g}', steps=steps)
+                          name=f'{name}-sweep', eval_split='holdout', ref=f'kd-t{tau:g}', steps=steps, width=width)
     w = float(best_row(s_w, [f'kd+gskd-w{w:g}' for w in weights]).split('-w')[1])
-    table = ablate_parallel(gskd_rows(tau, w), preset, seeds, workers, name=name, ref='student', steps=steps)
-    res = {'preset': preset, 'kd_tau': tau, 'gskd_w': w, 'sweeps': {'tau': s_tau, 'w': s_w}, 'table': table, 'wall_s': round(time.time() - t0, 1), 'git': git0}
+    table = ablate_parallel(gskd_rows(tau, w), preset, seeds, workers, name=name, ref='student', steps=steps, width=width)
+    res = {'preset': preset, 'width': width, 'kd_tau': tau, 'gskd_w': w, 'sweeps': {'tau': s_tau, 'w': s_w}, 'table': table, 'wall_s': round(time.time() - t0, 1), 'git': git0}
     return load_json(save_result(res, out)) if out else res
 
 # %% ../../nbs/31_exp_gskd.ipynb #2135a880
