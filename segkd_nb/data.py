@@ -494,6 +494,8 @@ class SegDataset(Dataset):
     @property
     def labelled(self)->bool: return self.items[0][2] is not None
     @property
+    def deterministic(self)->bool: return self.transform is None  # items never change (no random augmentation)
+    @property
     def ids(self)->list: return [i for i,_,_ in self.items]
     def __repr__(self): return f"SegDataset({self.name!r}, {len(self)} items, {self.tax.name}, labelled={self.labelled})"
 

@@ -553,6 +553,7 @@ def score_pool(teacher:nn.Module, # the teacher
 class AuxPool(Dataset):
     "Unlabelled auxiliary images for data-free KD: items `image`, `id`, `weight` (w0); never a mask."
     collate_fn = staticmethod(collate_skip)
+    deterministic = True  # resized only: the teacher's output on an item never changes (`TeacherLogits` may cache it)
     def __init__(self, paths:list, # image paths
                  ids:list, # their ids
                  w0:torch.Tensor, # [N] WDPD base weights

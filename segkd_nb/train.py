@@ -19,7 +19,8 @@ from .models import SegNet, save_checkpoint, read_checkpoint, set_rng_state
 
 # %% auto #0
 __all__ = ['LossTerm', 'batch_class_weights', 'CETerm', 'TrainConfig', 'StepBatchSampler', 'SeededItems', 'init_distributed',
-           'is_main', 'sync_module', 'Trainer', 'predict', 'evaluate', 'ValCurve', 'fit_lockstep', 'show_history']
+           'is_main', 'sync_module', 'Trainer', 'run_teacher', 'predict', 'evaluate', 'ValCurve', 'fit_lockstep',
+           'teacher_logits', 'TeacherLogits', 'show_history']
 
 # %% ../nbs/04_train.ipynb #5d88ae46
 class LossTerm(nn.Module):
@@ -287,18 +288,24 @@ def resume(self:Trainer, path:str|Path)->bool:
     set_rng_state(ck['rng'])
     return True
 
-# %% ../nbs/04_train.ipynb #e6d92be3
-@patch
-def teacher_outputs(self:Trainer, img:torch.Tensor # [B,3,H,W] the student's input
-                   )->dict|None:
-    "The frozen teacher's outputs on `img` (read at the teacher's own input size when it has one; logits returned at `img`'s size)."
-    if self.teacher is None: return None
-    size = getattr(self.teacher, 'input_size', None)
+# %% ../nbs/04_train.ipynb #ea474ed6
+def run_teacher(teacher:nn.Module, # the frozen teacher
+                img:torch.Tensor, # [B,3,H,W] the student's input
+                device:torch.device=None, dtype:torch.dtype=None # autocast device and dtype (the trainer's)
+               )->dict:
+    "The teacher's outputs on `img` under inference mode (at the teacher's own input size when it has one; logits returned at `img`'s size)."
+    size = getattr(teacher, 'input_size', None)
     x = img if not size or tuple(size) == tuple(img.shape[-2:]) else F.interpolate(img, size=tuple(size), mode='bilinear', align_corners=False)
-    with torch.inference_mode(), autocast(self.device, self.dtype): out = self.teacher(x)
+    with torch.inference_mode(), autocast(device or img.device, dtype): out = teacher(x)
     out = {k: v.clone() for k, v in out.items()}
     if x is not img: out['logits'] = F.interpolate(out['logits'].float(), size=img.shape[-2:], mode='bilinear', align_corners=False)  # [B,K,H,W] at the student's input
     return out
+
+@patch
+def teacher_outputs(self:Trainer, img:torch.Tensor # [B,3,H,W] the student's input
+                   )->dict|None:
+    "The frozen teacher's outputs on `img` (see `run_teacher`), or None without a teacher."
+    return None if self.teacher is None else run_teacher(self.teacher, img, self.device, self.dtype)
 
 # %% ../nbs/04_train.ipynb #95a546c3
 @patch
@@ -311,6 +318,7 @@ def train_step(self:Trainer, batch:dict, # images (and masks, weights, ids) of t
     if cfg.channels_last: img = img.contiguous(memory_format=torch.channels_last)
     mask = batch['mask'].to(dev, non_blocking=True) if ('mask' in batch and not self.label_free) else None  # [B,H,W]
     if 'labels' in self.needs and mask is None: raise ValueError("a loss term needs labels but the batch has none (data-free data?)")
+    if t_out is None and 'teacher_logits' in batch: t_out = _LogitsOnly(logits=batch['teacher_logits'].to(dev))  # cached (`TeacherLogits`)
     t_out = self.teacher_outputs(img) if t_out is None else t_out
     if getattr(self.model, 'input_size', None) is None: self.model.input_size = tuple(img.shape[-2:])  # recorded in checkpoints: the size it learnt at
     self.model.train(); self.terms.train()
@@ -478,7 +486,7 @@ def fit_lockstep(trainers:list, # Trainers with one seed, step count, batch size
         batch, outs = next(it), {}
         for tr in trainers:
             key = id(tr.teacher)
-            if tr.teacher is not None and key not in outs: outs[key] = tr.teacher_outputs(batch['image'].to(tr.device))
+            if tr.teacher is not None and key not in outs and 'teacher_logits' not in batch: outs[key] = tr.teacher_outputs(batch['image'].to(tr.device))
             torch.manual_seed(c.seed * 7919 + tr.step * 31 + tr.rank)  # as in `fit`
             logs = tr.train_step(batch, t_out=outs.get(key))
             tr.step += 1; tr._after_step(logs)
@@ -486,6 +494,46 @@ def fit_lockstep(trainers:list, # Trainers with one seed, step count, batch size
         tr.wall_s = (time.time() - t0) / len(trainers)
         if tr.run_dir is not None: tr.save()
     return [tr.history for tr in trainers]
+
+# %% ../nbs/04_train.ipynb #064f3d18
+class _LogitsOnly(dict):
+    "The teacher outputs of a batch with cached logits: asking for anything else says why it is missing."
+    def __missing__(self, k): raise KeyError(f"the batch carries the teacher's cached logits only, not {k!r}: train this loss term without `TeacherLogits`")
+
+def teacher_logits(teacher:nn.Module, # the frozen teacher
+                   ds, # a dataset of dicts with `image` and `id` (and `ids`, all its item ids)
+                   store:dict=None, # id -> [K,H,W] logits computed before (filled in place; share it only between datasets whose ids name the same images)
+                   device:str|torch.device='cpu', dtype:torch.dtype=None, # as the trainer's (`Trainer.device`, `.dtype`)
+                   batch_size:int=16 # images per forward
+                  )->dict:
+    "The store, with the teacher's logits of every item of `ds` it did not hold yet."
+    store, dev = ({} if store is None else store), torch.device(device)
+    todo = [i for i, k in enumerate(ds.ids) if k not in store]
+    dl = DataLoader(torch.utils.data.Subset(ds, todo), batch_size=batch_size, collate_fn=getattr(ds, 'collate_fn', None))
+    for b in dl:
+        if b is None: continue  # unreadable images (dropped by the dataset's collate_fn)
+        store.update(zip(b['id'], run_teacher(teacher.eval(), b['image'].to(dev), dev, dtype)['logits'].cpu()))  # id -> [K,H,W]
+    return store
+
+# %% ../nbs/04_train.ipynb #855002fd
+class TeacherLogits(torch.utils.data.Dataset):
+    "`ds` whose items also carry the teacher's logits (`teacher_logits`), computed for all its images at the first item read, so that training skips the teacher's forward."
+    deterministic = True
+    def __init__(self, ds, # deterministic items (`ds.deterministic`: no random augmentation) with `id`
+                 teacher:nn.Module, # the frozen teacher
+                 store:dict=None, # id -> [K,H,W] logits, shared with other datasets over the same images (see `teacher_logits`)
+                 device:str|torch.device='cpu', dtype:torch.dtype=None # as the trainer's
+                ):
+        if not getattr(ds, 'deterministic', False):
+            raise ValueError(f"{ds!r}: items are not deterministic (random augmentation?), so cached teacher logits would not match the images the student sees")
+        self.ds, self.teacher, self.store, self.device, self.dtype = ds, teacher, ({} if store is None else store), device, dtype
+        self.ids, self.collate_fn, self._filled = ds.ids, getattr(ds, 'collate_fn', None), False
+    def __len__(self): return len(self.ds)
+    def __repr__(self): return f"TeacherLogits({self.ds!r})"
+    def __getitem__(self, i):
+        if not self._filled: teacher_logits(self.teacher, self.ds, self.store, self.device, self.dtype); self._filled = True  # lazily: a finished run never reads an item
+        it = self.ds[i]
+        return None if it is None else {**it, 'teacher_logits': self.store[it['id']]}
 
 # %% ../nbs/04_train.ipynb #fe745289
 def show_history(history:list, # `Trainer.history` (or several, by name)

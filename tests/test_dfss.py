@@ -368,3 +368,37 @@ def test_dfss_experiment_smoke(tmp_path, monkeypatch):
     assert json.loads((tmp_path/'runs'/'ads+wdpd@0.5-s0'/'config.json').read_text())['schedule'] == 'linear'
     assert '| ads+wdpd@0.5 | 4 |' in dfss_table(res)
     assert len(calls) == 1  # the pool is scored once per experiment, shared by every data-free row and seed
+
+def test_dfss_experiment_runs_the_teacher_once_per_image_and_matches_the_online_run(tmp_path):
+    "Cached teacher logits (`TeacherLogits`): each image is forwarded once for all rows and seeds, and a run ends bit-identical to one that runs the teacher at every step."
+    from dataclasses import replace
+    from segkd_nb.experiments.exp_dfss import dfss_experiment, dfss_rows
+    from segkd_nb.models import build_model
+    from segkd_nb.datasets import load_split
+    from segkd_nb.train import TrainConfig
+    from segkd_nb.runs import run_training
+    val = load_split('samples', 'val', (24, 32)).subset([0, 1, 2])
+    pool, orig = write_pool(tmp_path/'pool', 4, 4), write_pool(tmp_path/'orig', 3, 0, seed=1)
+    torch.manual_seed(0)
+    teacher = set_bn_stats(build_model('tiny_s', val.tax.n), images(4, 0, 24, 32)).eval()
+    seen = []
+    hook = teacher.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    cfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, device='cpu')
+    dfss_experiment(teacher, pool, val, orig, dfss_rows((0.5,)), seeds=(0, 1), size=(24, 32), run_dir=tmp_path/'runs', tax=val.tax, cfg=cfg)
+    hook.remove()
+    # online: 5 rows x 2 seeds x 3 steps x 2 images = 60 teacher images; cached: the 8 pool + 3 original images once (+ the pool's scoring, at most 8)
+    assert 8 + 3 <= sum(seen) <= 8 + 8 + 3
+    aux, _ = data_free_data(teacher, pool, 'ads', 0.5, (24, 32))  # the row's images, without the cache
+    run_training(tmp_path/'online', lambda: build_model('tiny_s', teacher.num_classes, width=12), {'wdpd': (1.0, WDPDKDTerm(1.0, 'linear'))},
+                 aux, val, replace(cfg, seed=1, progress=False), teacher=teacher, tax=val.tax)
+    a = torch.load(tmp_path/'online'/'last.pt', weights_only=True)['model']
+    b = torch.load(tmp_path/'runs'/'ads+wdpd@0.5-s1'/'last.pt', weights_only=True)['model']
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+def test_teacher_logits_refuse_augmented_data():
+    from segkd_nb.train import TeacherLogits
+    from segkd_nb.datasets import load_split
+    from segkd_nb.data import SegTransform
+    val = load_split('samples', 'val', (24, 32)).subset([0, 1])
+    with pytest.raises(ValueError, match='not deterministic'):
+        TeacherLogits(val.__class__(val.items, val.tax, SegTransform((24, 32)), name='augmented'), None)

@@ -9,12 +9,12 @@ from dataclasses import replace, asdict
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from torch.utils.data import DataLoader
-from ..config import git_commit, load_settings, load_json, save_result
+from ..config import git_commit, load_settings, load_json, save_result, get_device, get_dtype
 from ..data import PoolDataset, image_pool, collate_skip
 from ..datasets import load_split, data_taxonomy, data_root
 from ..models import build_model
 from ..metrics import paired_stats, fmt_paired
-from ..train import TrainConfig
+from ..train import TrainConfig, TeacherLogits
 from ..dfss import (score_pool, data_free_data, pool_paths, AuxPool, WDPDKDTerm, image_moments, moment_distances, ads_greedy, auroc, _NORMS)
 from ..runs import run_training, get_preset, cached_teacher
 
@@ -60,10 +60,12 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
     in_dist = in_dist or (lambda i: not str(i).split('/')[-1].startswith('ood'))
     rows, cfg = rows or dfss_rows(), cfg or TrainConfig(steps=400, batch_size=8, lr=3e-3)
     run_dir = Path(run_dir) if run_dir else load_settings().path('runs_dir')/'dfss'
-    scores, cache, out = score_pool(teacher, pool, size), {}, {r[0]: [] for r in rows}
+    scores, cache, out, logits = score_pool(teacher, pool, size), {}, {r[0]: [] for r in rows}, {'original': {}, 'pool': {}}  # id -> the teacher's logits, per image set (ids are unique within one)
     for seed in seeds:
         for row, sel, k, sch in rows:
             ds, info = _selection(teacher, pool, sel, k, size, seed, scores, original, cache)
+            store, dev = logits['original' if sel == 'original' else 'pool'], get_device(cfg.device)
+            ds = TeacherLogits(ds, teacher, store, dev, get_dtype(cfg.precision, dev))  # each image forwarded once, for every row and seed
             m = run_training(run_dir/f'{row}-s{seed}', lambda: build_model(arch, teacher.num_classes, width=width),
                              {'wdpd': (1.0, WDPDKDTerm(1.0, sch))}, ds, val_ds, replace(cfg, seed=seed, progress=False), teacher=teacher, tax=tax,
                              meta={'row': row, 'k': info['k'], 'schedule': sch, 'selected': info['selected']})
