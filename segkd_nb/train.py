@@ -504,7 +504,7 @@ def teacher_logits(teacher:nn.Module, # the frozen teacher
                    ds, # a dataset of dicts with `image` and `id` (and `ids`, all its item ids)
                    store:dict=None, # id -> [K,H,W] logits computed before (filled in place; share it only between datasets whose ids name the same images)
                    device:str|torch.device='cpu', dtype:torch.dtype=None, # as the trainer's (`Trainer.device`, `.dtype`)
-                   batch_size:int=16 # images per forward
+                   batch_size:int=8 # images per forward (as in training: see below)
                   )->dict:
     "The store, with the teacher's logits of every item of `ds` it did not hold yet."
     store, dev = ({} if store is None else store), torch.device(device)
@@ -522,16 +522,17 @@ class TeacherLogits(torch.utils.data.Dataset):
     def __init__(self, ds, # deterministic items (`ds.deterministic`: no random augmentation) with `id`
                  teacher:nn.Module, # the frozen teacher
                  store:dict=None, # id -> [K,H,W] logits, shared with other datasets over the same images (see `teacher_logits`)
-                 device:str|torch.device='cpu', dtype:torch.dtype=None # as the trainer's
+                 device:str|torch.device='cpu', dtype:torch.dtype=None, # as the trainer's
+                 batch_size:int=8 # images per teacher forward: the training batch size keeps each image's arithmetic that of the online forward
                 ):
         if not getattr(ds, 'deterministic', False):
             raise ValueError(f"{ds!r}: items are not deterministic (random augmentation?), so cached teacher logits would not match the images the student sees")
-        self.ds, self.teacher, self.store, self.device, self.dtype = ds, teacher, ({} if store is None else store), device, dtype
+        self.ds, self.teacher, self.store, self.device, self.dtype, self.bs = ds, teacher, ({} if store is None else store), device, dtype, batch_size
         self.ids, self.collate_fn, self._filled = ds.ids, getattr(ds, 'collate_fn', None), False
     def __len__(self): return len(self.ds)
     def __repr__(self): return f"TeacherLogits({self.ds!r})"
     def __getitem__(self, i):
-        if not self._filled: teacher_logits(self.teacher, self.ds, self.store, self.device, self.dtype); self._filled = True  # lazily: a finished run never reads an item
+        if not self._filled: teacher_logits(self.teacher, self.ds, self.store, self.device, self.dtype, self.bs); self._filled = True  # lazily: a finished run never reads an item
         it = self.ds[i]
         return None if it is None else {**it, 'teacher_logits': self.store[it['id']]}
 

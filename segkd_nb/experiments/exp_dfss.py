@@ -65,7 +65,7 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
         for row, sel, k, sch in rows:
             ds, info = _selection(teacher, pool, sel, k, size, seed, scores, original, cache)
             store, dev = logits['original' if sel == 'original' else 'pool'], get_device(cfg.device)
-            ds = TeacherLogits(ds, teacher, store, dev, get_dtype(cfg.precision, dev))  # each image forwarded once, for every row and seed
+            ds = TeacherLogits(ds, teacher, store, dev, get_dtype(cfg.precision, dev), cfg.batch_size)  # each image forwarded once, for every row and seed
             m = run_training(run_dir/f'{row}-s{seed}', lambda: build_model(arch, teacher.num_classes, width=width),
                              {'wdpd': (1.0, WDPDKDTerm(1.0, sch))}, ds, val_ds, replace(cfg, seed=seed, progress=False), teacher=teacher, tax=tax,
                              meta={'row': row, 'k': info['k'], 'schedule': sch, 'selected': info['selected']})
