@@ -307,6 +307,19 @@ def teacher_outputs(self:Trainer, img:torch.Tensor # [B,3,H,W] the student's inp
     "The frozen teacher's outputs on `img` (see `run_teacher`), or None without a teacher."
     return None if self.teacher is None else run_teacher(self.teacher, img, self.device, self.dtype)
 
+# %% ../nbs/04_train.ipynb #92526481
+class _LogitsOnly(dict):
+    "The teacher outputs of a batch with cached logits: asking for anything else says why it is missing."
+    def __missing__(self, k): raise KeyError(f"the batch carries the teacher's cached logits only, not {k!r}: train this loss term without `TeacherLogits`")
+
+@patch
+def batch_teacher(self:Trainer, batch:dict, # a training batch (with `teacher_logits` when it comes from `TeacherLogits`)
+                  img:torch.Tensor # [B,3,H,W] its images on the trainer's device
+                 )->dict|None:
+    "The teacher's outputs on `batch`: its cached logits when it carries them, else `teacher_outputs(img)`."
+    if 'teacher_logits' in batch: return _LogitsOnly(logits=batch['teacher_logits'].to(self.device))
+    return self.teacher_outputs(img)
+
 # %% ../nbs/04_train.ipynb #95a546c3
 @patch
 def train_step(self:Trainer, batch:dict, # images (and masks, weights, ids) of this step
@@ -318,8 +331,7 @@ def train_step(self:Trainer, batch:dict, # images (and masks, weights, ids) of t
     if cfg.channels_last: img = img.contiguous(memory_format=torch.channels_last)
     mask = batch['mask'].to(dev, non_blocking=True) if ('mask' in batch and not self.label_free) else None  # [B,H,W]
     if 'labels' in self.needs and mask is None: raise ValueError("a loss term needs labels but the batch has none (data-free data?)")
-    if t_out is None and 'teacher_logits' in batch: t_out = _LogitsOnly(logits=batch['teacher_logits'].to(dev))  # cached (`TeacherLogits`)
-    t_out = self.teacher_outputs(img) if t_out is None else t_out
+    t_out = self.batch_teacher(batch, img) if t_out is None else t_out
     if getattr(self.model, 'input_size', None) is None: self.model.input_size = tuple(img.shape[-2:])  # recorded in checkpoints: the size it learnt at
     self.model.train(); self.terms.train()
     with autocast(dev, self.dtype):
@@ -486,7 +498,7 @@ def fit_lockstep(trainers:list, # Trainers with one seed, step count, batch size
         batch, outs = next(it), {}
         for tr in trainers:
             key = id(tr.teacher)
-            if tr.teacher is not None and key not in outs and 'teacher_logits' not in batch: outs[key] = tr.teacher_outputs(batch['image'].to(tr.device))
+            if tr.teacher is not None and key not in outs: outs[key] = tr.batch_teacher(batch, batch['image'].to(tr.device))
             torch.manual_seed(c.seed * 7919 + tr.step * 31 + tr.rank)  # as in `fit`
             logs = tr.train_step(batch, t_out=outs.get(key))
             tr.step += 1; tr._after_step(logs)
@@ -496,10 +508,6 @@ def fit_lockstep(trainers:list, # Trainers with one seed, step count, batch size
     return [tr.history for tr in trainers]
 
 # %% ../nbs/04_train.ipynb #064f3d18
-class _LogitsOnly(dict):
-    "The teacher outputs of a batch with cached logits: asking for anything else says why it is missing."
-    def __missing__(self, k): raise KeyError(f"the batch carries the teacher's cached logits only, not {k!r}: train this loss term without `TeacherLogits`")
-
 def teacher_logits(teacher:nn.Module, # the frozen teacher
                    ds, # a dataset of dicts with `image` and `id` (and `ids`, all its item ids)
                    store:dict=None, # id -> [K,H,W] logits computed before (filled in place; share it only between datasets whose ids name the same images)
@@ -510,9 +518,10 @@ def teacher_logits(teacher:nn.Module, # the frozen teacher
     store, dev = ({} if store is None else store), torch.device(device)
     todo = [i for i, k in enumerate(ds.ids) if k not in store]
     dl = DataLoader(torch.utils.data.Subset(ds, todo), batch_size=batch_size, collate_fn=getattr(ds, 'collate_fn', None))
+    teacher.eval()
     for b in dl:
         if b is None: continue  # unreadable images (dropped by the dataset's collate_fn)
-        store.update(zip(b['id'], run_teacher(teacher.eval(), b['image'].to(dev), dev, dtype)['logits'].cpu()))  # id -> [K,H,W]
+        store.update(zip(b['id'], run_teacher(teacher, b['image'].to(dev), dev, dtype)['logits'].cpu()))  # id -> [K,H,W]
     return store
 
 # %% ../nbs/04_train.ipynb #855002fd

@@ -61,11 +61,11 @@ def dfss_experiment(teacher:nn.Module, # the trained teacher
     rows, cfg = rows or dfss_rows(), cfg or TrainConfig(steps=400, batch_size=8, lr=3e-3)
     run_dir = Path(run_dir) if run_dir else load_settings().path('runs_dir')/'dfss'
     scores, cache, out, logits = score_pool(teacher, pool, size), {}, {r[0]: [] for r in rows}, {'original': {}, 'pool': {}}  # id -> the teacher's logits, per image set (ids are unique within one)
+    dev = get_device(cfg.device); dtype = get_dtype(cfg.precision, dev)
     for seed in seeds:
         for row, sel, k, sch in rows:
             ds, info = _selection(teacher, pool, sel, k, size, seed, scores, original, cache)
-            store, dev = logits['original' if sel == 'original' else 'pool'], get_device(cfg.device)
-            ds = TeacherLogits(ds, teacher, store, dev, get_dtype(cfg.precision, dev), cfg.batch_size)  # each image forwarded once, for every row and seed
+            ds = TeacherLogits(ds, teacher, logits['original' if sel == 'original' else 'pool'], dev, dtype, cfg.batch_size)  # each image forwarded once, for every row and seed
             m = run_training(run_dir/f'{row}-s{seed}', lambda: build_model(arch, teacher.num_classes, width=width),
                              {'wdpd': (1.0, WDPDKDTerm(1.0, sch))}, ds, val_ds, replace(cfg, seed=seed, progress=False), teacher=teacher, tax=tax,
                              meta={'row': row, 'k': info['k'], 'schedule': sch, 'selected': info['selected']})
