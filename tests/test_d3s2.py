@@ -403,3 +403,16 @@ def test_experiment_in_two_processes_equals_one(tmp_path, monkeypatch):
     assert {r['n_images'] for r in two['runs'] if r['row'] != 'full'} == {6}
     assert len(d3s2_verdicts(two)) == 3 and 'Mean per-class IoU' in d3s2_report(two)
     with pytest.raises(ValueError, match="unknown D3S2 rows"): run_d3s2_experiment(p, rows=('guided',), out=tmp_path/'x', **kw)
+
+def test_experiment_student_width(tmp_path, monkeypatch):
+    "`width=` trains students of that width (their parameter count) in the default folder runs_dir/d3s2-exp-DATA-wWIDTH, and says so in the results."
+    from segkd_nb.runs import get_preset
+    from segkd_nb.datasets import data_taxonomy
+    from segkd_nb.experiments.exp_d3s2 import run_d3s2_experiment
+    monkeypatch.setenv('SEGKD_CACHE_DIR', str(tmp_path/'cache')); monkeypatch.setenv('SEGKD_RUNS_DIR', str(tmp_path/'runs'))
+    p = get_preset('samples', teacher_steps=2, teacher_width=8, batch_size=2, student_steps=2, size=(32, 48))
+    res = run_d3s2_experiment(p, budgets=(6,), seeds=(0,), rows=('full',), l2i=tmp_path/'no-l2i', width=4)
+    ck = torch.load(tmp_path/'runs'/'d3s2-exp-samples-w4'/'students'/'full-s0'/'last.pt', weights_only=True)
+    n_params = sum(q.numel() for q in build_model('tiny_s', data_taxonomy('samples').n, width=4).parameters())
+    assert sum(v.numel() for k, v in ck['model'].items() if 'running' not in k and 'num_batches' not in k) == n_params
+    assert res['student'] == 'tiny_s (width 4)'

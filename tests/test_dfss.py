@@ -402,3 +402,18 @@ def test_teacher_logits_refuse_augmented_data():
     val = load_split('samples', 'val', (24, 32)).subset([0, 1])
     with pytest.raises(ValueError, match='not deterministic'):
         TeacherLogits(val.__class__(val.items, val.tax, SegTransform((24, 32)), name='augmented'), None)
+
+def test_dfss_protocol_trains_the_width_it_is_given(tmp_path, monkeypatch):
+    "`run_dfss_protocol(width=...)`: every row's student has that width (its parameter count), in runs_dir/dfss-PRESET-wWIDTH."
+    from segkd_nb import runs
+    from segkd_nb.datasets import data_taxonomy
+    from segkd_nb.models import build_model
+    from segkd_nb.experiments.exp_dfss import run_dfss_protocol
+    monkeypatch.setenv('SEGKD_RUNS_DIR', str(tmp_path/'runs')); monkeypatch.setenv('SEGKD_CACHE_DIR', str(tmp_path/'cache'))
+    monkeypatch.setitem(runs.PRESETS, 'tiny', runs.get_preset('samples', teacher_steps=2, teacher_width=8, batch_size=2, student_steps=2, size=(32, 48)))
+    res = run_dfss_protocol('tiny', seeds=(0,), ks=(0.05,), workers=1, width=4)
+    n_params = sum(p.numel() for p in build_model('tiny_s', data_taxonomy('samples').n, width=4).parameters())
+    assert res['config']['width'] == 4 and len(res['rows']) == 5
+    for row in res['rows']:
+        ck = torch.load(tmp_path/'runs'/'dfss-tiny-w4'/f'{row}-s0'/'last.pt', weights_only=True)
+        assert sum(v.numel() for k, v in ck['model'].items() if 'running' not in k and 'num_batches' not in k) == n_params

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import time, multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 import numpy as np, torch
 from ..config import load_settings, seed_everything, save_json, load_json, save_result, git_commit
@@ -103,11 +103,13 @@ def run_d3s2_experiment(preset:str|Preset='samples', # data, resolution, teacher
                         student_steps:int=None, # optimizer steps of every student (default: the preset's)
                         sample_steps:int=20, # DDIM steps
                         workers:int=1, # processes (one thread each) the seeds are spread over
-                        results:str|Path=None # also write the results JSON here
+                        results:str|Path=None, # also write the results JSON here
+                        width:int=None # student width (default: the preset's); the default folder becomes runs_dir/d3s2-exp-<preset>-w<width>
                        )->dict:
     "Distil and train students for every (budget, seed, row); returns per-row mean and std mIoU on real val."
     t0, git0, p = time.time(), git_commit(), preset if isinstance(preset, Preset) else get_preset(preset)  # the code the runs start from
-    out = d3s2_exp_dir(preset if isinstance(preset, str) else p.data, out)
+    p = replace(p, student_width=width or p.student_width)
+    out = d3s2_exp_dir((preset if isinstance(preset, str) else p.data) + (f'-w{width}' if width else ''), out)
     unknown = [r for r in rows if r not in D3S2_ROWS]
     if unknown: raise ValueError(f"unknown D3S2 rows {unknown}; choose from {list(D3S2_ROWS)}")
     t_dir = cached_teacher(p)[1]; cached_teacher(p, seed=1)  # trained once, before any worker needs them

@@ -103,18 +103,20 @@ def dfss_pool(preset:str)->tuple:
 
 # %% ../../nbs/32_exp_dfss.ipynb #ff5760f6
 def _dfss_worker(kw:dict)->None:
-    torch.set_num_threads(1); p = get_preset(kw['preset']); teacher = cached_teacher(p)[0]
+    torch.set_num_threads(1); p = get_preset(kw['preset'], student_width=kw['width']); teacher = cached_teacher(p)[0]
     pool, original, in_dist = dfss_pool(kw['preset'])
     dfss_experiment(teacher, pool, load_split(p.data, 'val', p.size), original, dfss_rows(kw['ks']), kw['seeds'], p.student_arch, p.student_width,
                     TrainConfig(steps=kw['steps'], batch_size=p.batch_size, lr=p.lr), p.size, kw['run_dir'], data_taxonomy(p.data), in_dist)
 
 # %% ../../nbs/32_exp_dfss.ipynb #93ac98c0
-def run_dfss_protocol(preset:str='samples', seeds:tuple=tuple(range(8)), ks:tuple=DFSS_KS, steps:int=None, workers:int=2, out=None)->dict:
+def run_dfss_protocol(preset:str='samples', seeds:tuple=tuple(range(8)), ks:tuple=DFSS_KS, steps:int=None, workers:int=2, out=None,
+                      width:int=None # student width (default: the preset's); its runs go to runs_dir/dfss-PRESET-wWIDTH
+                     )->dict:
     "The DFSS table of a preset, its seeds spread over `workers` processes; with AUROC of the distance per pool source."
-    p, t0, git0 = get_preset(preset), time.time(), git_commit()
+    p, t0, git0 = get_preset(preset, student_width=width), time.time(), git_commit()
     dfss_pool(preset)  # the real data is there, before a teacher is trained
     teacher, t_dir = cached_teacher(p)
-    kw = dict(preset=preset, ks=ks, steps=steps or p.student_steps, run_dir=load_settings().path('runs_dir')/f'dfss-{preset}')
+    kw = dict(preset=preset, ks=ks, steps=steps or p.student_steps, width=width, run_dir=load_settings().path('runs_dir')/(f'dfss-{preset}' + (f'-w{width}' if width else '')))
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
