@@ -189,6 +189,6 @@ def d3s2_report(res:dict # from `run_d3s2_experiment` (or its results JSON)
     pairs = [(f'{row} @ {b}', f'{ref} @ {b}') for b in res['budgets'] for _, row, ref in D3S2_CLAIMS] + [(f'{row} @ {b}', 'full') for b in res['budgets'] for row in ('balanced real', 'balanced + guided')]
     sm = res.get('stage_minutes', {})
     head = (f"`{res.get('command', '')}` (commit `{res.get('git', '')}`; teacher {100*res['teacher']['miou']:.1f} mIoU; {len(res['seeds'])} paired seeds; "
-            f"{res['student_steps']} steps per student; diffusion training {sm.get('diffusion training')} min, table {res['wall_s']/60:.1f} min)") if 'teacher' in res else ''
+            f"student {res.get('student', '')}, {res['student_steps']} steps each; diffusion training {sm.get('diffusion training')} min, table {res['wall_s']/60:.1f} min)") if 'teacher' in res else ''
     return '\n\n'.join([head, d3s2_table(res), pairs_table(runs, pairs), 'Mean per-class IoU over seeds:',
                         per_class_table(({'teacher': res['teacher']} if 'teacher' in res else {}) | summary_per_class(res))])
