@@ -13,14 +13,14 @@ from ..config import git_commit, load_settings, load_json, save_result, get_devi
 from ..data import PoolDataset, image_pool, collate_skip
 from ..datasets import load_split, data_taxonomy, data_root
 from ..models import build_model
-from ..metrics import paired_stats, fmt_paired
+from ..metrics import paired_stats, fmt_paired, per_class_table
 from ..train import TrainConfig, TeacherLogits
 from ..dfss import (score_pool, data_free_data, pool_paths, AuxPool, WDPDKDTerm, image_moments, moment_distances, ads_greedy, auroc, _NORMS)
-from ..runs import run_training, get_preset, cached_teacher
+from ..runs import run_training, get_preset, cached_teacher, _row_summary
 
 # %% auto #0
 __all__ = ['DFSS_KS', 'DFSS_REF', 'dfss_rows', 'dfss_experiment', 'dfss_pool', 'run_dfss_protocol', 'dfss_separation',
-           'dfss_table', 'dfss_cost', 'dfss_verdicts', 'auroc_table']
+           'dfss_table', 'dfss_cost', 'dfss_verdicts', 'auroc_table', 'dfss_per_class']
 
 # %% ../../nbs/32_exp_dfss.ipynb #2f9a6cf9
 DFSS_KS = (0.05, 0.1, 0.25)
@@ -186,3 +186,14 @@ def auroc_table(sep:dict # mode -> {source: AUROC}, or mode -> AUROC
     cols = list(next(iter(sep.values())))
     rows = ['| scoring | ' + ' | '.join(f'vs {c}' for c in cols) + ' |', '|---|' + '---:|' * len(cols)]
     return '\n'.join(rows + [f'| {m} | ' + ' | '.join(f'{v[c]:.3f}' for c in cols) + ' |' for m, v in sep.items()])
+
+# %% ../../nbs/32_exp_dfss.ipynb #d24d0e05
+def dfss_per_class(res:dict, # from `run_dfss_protocol` (or its results JSON)
+                   rows:list=None # rows to show (default: all)
+                  )->str:
+    "Markdown: mean per-class IoU over seeds of each row, beside the teacher's."
+    cols = {'teacher': res['teacher']} if 'teacher' in res else {}
+    for row in rows or res['rows']:
+        s = _row_summary({x['seed']: x for x in res['rows'][row]['runs']})  # per class: mean over the seeds that score it
+        cols[row] = {'per_class_iou': s['per_class_iou'], 'miou': s['miou_mean']}
+    return per_class_table(cols)
