@@ -16,14 +16,14 @@ from ..datasets import load_split
 from ..models import build_model, load_checkpoint
 from ..train import TrainConfig, CETerm
 from ..unify import (SCALES, coarsened, relabelled, write_pseudo_labels, compound_dataset, evaluate_mapped, score_pseudo_labels)
-from ..metrics import paired_stats, paired_table, pairs_table
+from ..metrics import paired_stats, paired_table, pairs_table, per_class_table
 from ..train import evaluate
-from ..runs import run_training
+from ..runs import run_training, _row_summary
 
 # %% auto #0
 __all__ = ['UNIFY_ROWS', 'UNIFY_PAIRS', 'EXPERIMENTS', 'CAMVID_COARSE_CLASSES', 'CAMVID_TO_COARSE', 'UnifyConfig',
-           'unify_experiment', 'unify_summary', 'unify_tables', 'unify_verdicts', 'run_unify_protocol',
-           'camvid_coarse_mapping', 'unify_samples_experiment', 'unify_camvid_coarse_experiment',
+           'unify_experiment', 'unify_summary', 'unify_per_class', 'unify_tables', 'unify_verdicts',
+           'run_unify_protocol', 'camvid_coarse_mapping', 'unify_samples_experiment', 'unify_camvid_coarse_experiment',
            'unify_camvid_idd_experiment']
 
 # %% ../../nbs/34_exp_unify.ipynb #12567be5
@@ -127,13 +127,24 @@ def unify_summary(res:dict # `unify_experiment` results
         s['pseudo_labels'] = {f: {k: {str(sd): v['pseudo_labels'][f][k] for sd, v in seeds.items()} for k in ('miou', 'pixel_acc', 'void_pred')} for f in ('raw', 'unified')}
     return s
 
+# %% ../../nbs/34_exp_unify.ipynb #5b03fe1b
+def unify_per_class(res:dict, # `unify_experiment` results (or the JSON file's content)
+                    metric:str # a scored dataset: 'val', 'second_val_lenient', ...
+                   )->str:
+    "Markdown: the mean per-class IoU over seeds of every row scored on `metric`."
+    cols = {}
+    for row in UNIFY_ROWS + ['oracle']:
+        by_seed = {int(sd): v[row][metric] for sd, v in res['seeds'].items() if metric in v.get(row, {})}
+        if by_seed: s = _row_summary(by_seed); cols[row] = {'per_class_iou': s['per_class_iou'], 'miou': s['miou_mean']}
+    return per_class_table(cols)
+
 # %% ../../nbs/34_exp_unify.ipynb #1a1e6db5
 UNIFY_PAIRS = [('compound_unified', 'teacher'), ('compound_unified_2x', 'teacher'), ('compound_unified', 'compound_raw'),
                ('compound_unified_2x', 'source_only'), ('compound_unified_2x', 'source_only_2x'), ('compound_unified', 'oracle'), ('compound_unified_2x', 'oracle')]
 
 def unify_tables(res:dict # `unify_experiment` results (or the JSON file's content)
                 )->str:
-    "Markdown: pseudo-label accuracy (raw vs unified, paired), and per metric the rows' mIoU with the paired comparisons."
+    "Markdown: pseudo-label accuracy (raw vs unified, paired), and per metric the rows' mIoU with the paired comparisons and their mean per-class IoU."
     s = res['summary']; md = []
     if 'pseudo_labels' in s:
         pl = {f: {int(k): v for k, v in s['pseudo_labels'][f]['miou'].items()} for f in ('raw', 'unified')}
@@ -141,6 +152,7 @@ def unify_tables(res:dict # `unify_experiment` results (or the JSON file's conte
     for m, rows in s['miou'].items():
         runs = {r: {int(k): v for k, v in by.items()} for r, by in rows.items() if by}
         md += [f"**{m}** (mIoU; paired seeds):\n\n" + paired_table(runs, 'teacher'), pairs_table(runs, UNIFY_PAIRS)]
+        if 'seeds' in res: md.append(f'Mean per-class IoU over seeds ({m}):\n\n' + unify_per_class(res, m))
     return '\n\n'.join(md)
 
 # %% ../../nbs/34_exp_unify.ipynb #a0221530
