@@ -16,7 +16,7 @@ from ..models import build_model
 from ..metrics import paired_stats, fmt_paired, per_class_table
 from ..train import TrainConfig, TeacherLogits
 from ..dfss import (score_pool, data_free_data, pool_paths, AuxPool, WDPDKDTerm, image_moments, moment_distances, ads_greedy, auroc, _NORMS)
-from ..runs import run_training, get_preset, cached_teacher, _row_summary
+from ..runs import run_training, get_preset, cached_teacher, _row_summary, summary_per_class
 
 # %% auto #0
 __all__ = ['DFSS_KS', 'DFSS_REF', 'dfss_rows', 'dfss_experiment', 'dfss_pool', 'run_dfss_protocol', 'dfss_separation',
@@ -102,11 +102,12 @@ def dfss_pool(preset:str)->tuple:
     return pool, original, lambda i: str(i).startswith('camvid_0001TP/') or '/' not in str(i)
 
 # %% ../../nbs/32_exp_dfss.ipynb #ff5760f6
-def _dfss_worker(kw:dict)->None:
+def _dfss_worker(kw:dict)->dict:
+    "Some seeds of `run_dfss_protocol` at one thread: trains what is missing, reads back what is finished; returns their `dfss_experiment` result."
     torch.set_num_threads(1); p = get_preset(kw['preset'], student_width=kw['width']); teacher = cached_teacher(p)[0]
     pool, original, in_dist = dfss_pool(kw['preset'])
-    dfss_experiment(teacher, pool, load_split(p.data, 'val', p.size), original, dfss_rows(kw['ks']), kw['seeds'], p.student_arch, p.student_width,
-                    TrainConfig(steps=kw['steps'], batch_size=p.batch_size, lr=p.lr), p.size, kw['run_dir'], data_taxonomy(p.data), in_dist)
+    return dfss_experiment(teacher, pool, load_split(p.data, 'val', p.size), original, dfss_rows(kw['ks']), kw['seeds'], p.student_arch, p.student_width,
+                           TrainConfig(steps=kw['steps'], batch_size=p.batch_size, lr=p.lr), p.size, kw['run_dir'], data_taxonomy(p.data), in_dist)
 
 # %% ../../nbs/32_exp_dfss.ipynb #93ac98c0
 def run_dfss_protocol(preset:str='samples', seeds:tuple=tuple(range(8)), ks:tuple=DFSS_KS, steps:int=None, workers:int=2, out=None,
@@ -114,17 +115,14 @@ def run_dfss_protocol(preset:str='samples', seeds:tuple=tuple(range(8)), ks:tupl
                      )->dict:
     "The DFSS table of a preset, its seeds spread over `workers` processes; with AUROC of the distance per pool source."
     p, t0, git0 = get_preset(preset, student_width=width), time.time(), git_commit()
-    dfss_pool(preset)  # the real data is there, before a teacher is trained
+    pool = dfss_pool(preset)[0]  # the real data is there, before a teacher is trained
     teacher, t_dir = cached_teacher(p)
     kw = dict(preset=preset, ks=ks, steps=steps or p.student_steps, width=width, run_dir=load_settings().path('runs_dir')/(f'dfss-{preset}' + (f'-w{width}' if width else '')))
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex: list(ex.map(_dfss_worker, [dict(kw, seeds=list(seeds[i::workers])) for i in range(workers)]))
-    _dfss_worker(dict(kw, seeds=list(seeds)))  # finished runs are read back
-    pool, original, in_dist = dfss_pool(preset)
-    res = dfss_experiment(teacher, pool, load_split(p.data, 'val', p.size), original, dfss_rows(ks), seeds, p.student_arch, p.student_width,
-                          TrainConfig(steps=kw['steps'], batch_size=p.batch_size, lr=p.lr), p.size, kw['run_dir'], data_taxonomy(p.data), in_dist)
+    res = _dfss_worker(dict(kw, seeds=list(seeds)))  # every seed: the workers' runs are read back (with one worker, trained here)
     res |= {'preset': preset, 'teacher': {k: v for k, v in load_json(t_dir/'metrics.json').items() if k in ('miou', 'per_class_iou')},
             'separation_auroc': dfss_separation(teacher, pool, p.size), 'wall_s': round(time.time() - t0, 1), 'git': git0}
     return load_json(save_result(res, out)) if out else res
@@ -192,8 +190,5 @@ def dfss_per_class(res:dict, # from `run_dfss_protocol` (or its results JSON)
                    rows:list=None # rows to show (default: all)
                   )->str:
     "Markdown: mean per-class IoU over seeds of each row, beside the teacher's."
-    cols = {'teacher': res['teacher']} if 'teacher' in res else {}
-    for row in rows or res['rows']:
-        s = _row_summary({x['seed']: x for x in res['rows'][row]['runs']})  # per class: mean over the seeds that score it
-        cols[row] = {'per_class_iou': s['per_class_iou'], 'miou': s['miou_mean']}
-    return per_class_table(cols)
+    sums = {row: _row_summary({x['seed']: x for x in res['rows'][row]['runs']}) for row in rows or res['rows']}  # per class: mean over the seeds that score it
+    return per_class_table(({'teacher': res['teacher']} if 'teacher' in res else {}) | summary_per_class({'summary': sums}))

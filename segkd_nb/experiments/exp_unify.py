@@ -18,7 +18,7 @@ from ..train import TrainConfig, CETerm
 from ..unify import (SCALES, coarsened, relabelled, write_pseudo_labels, compound_dataset, evaluate_mapped, score_pseudo_labels)
 from ..metrics import paired_stats, paired_table, pairs_table, per_class_table
 from ..train import evaluate
-from ..runs import run_training, _row_summary
+from ..runs import run_training, _row_summary, summary_per_class
 
 # %% auto #0
 __all__ = ['UNIFY_ROWS', 'UNIFY_PAIRS', 'EXPERIMENTS', 'CAMVID_COARSE_CLASSES', 'CAMVID_TO_COARSE', 'UnifyConfig',
@@ -132,11 +132,11 @@ def unify_per_class(res:dict, # `unify_experiment` results (or the JSON file's c
                     metric:str # a scored dataset: 'val', 'second_val_lenient', ...
                    )->str:
     "Markdown: the mean per-class IoU over seeds of every row scored on `metric`."
-    cols = {}
+    sums = {}
     for row in UNIFY_ROWS + ['oracle']:
         by_seed = {int(sd): v[row][metric] for sd, v in res['seeds'].items() if metric in v.get(row, {})}
-        if by_seed: s = _row_summary(by_seed); cols[row] = {'per_class_iou': s['per_class_iou'], 'miou': s['miou_mean']}
-    return per_class_table(cols)
+        if by_seed: sums[row] = _row_summary(by_seed)
+    return per_class_table(summary_per_class({'summary': sums}))
 
 # %% ../../nbs/34_exp_unify.ipynb #1a1e6db5
 UNIFY_PAIRS = [('compound_unified', 'teacher'), ('compound_unified_2x', 'teacher'), ('compound_unified', 'compound_raw'),
